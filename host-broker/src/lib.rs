@@ -1,0 +1,1 @@
+//! Sluice host broker.

@@ -1,0 +1,283 @@
+//! In-band framing for tunnelled byte streams.
+//!
+//! After the stream header, each direction of a `Proxy` stream is a sequence of chunks:
+//!
+//! ```text
+//! DATA: 0x00, u32 BE length (1..=MAX_CHUNK), bytes
+//! EOF:  0x01, u32 BE 0
+//! ```
+//!
+//! EOF says "this direction is done" without closing the transport, which is needed because
+//! vhost-device-vsock never delivers a guest `shutdown(SHUT_WR)` to the host and turns a host
+//! close into a full shutdown for the guest. [`TunnelStream`] wraps a transport and exposes
+//! the plain bytes as `AsyncRead + AsyncWrite`: `poll_shutdown` sends EOF (it does not close
+//! the transport) and a received EOF reads as end-of-file.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Largest payload of one DATA chunk.
+pub const MAX_CHUNK: usize = 64 * 1024;
+
+const TAG_DATA: u8 = 0;
+const TAG_EOF: u8 = 1;
+const CHUNK_HEADER_LEN: usize = 5;
+
+/// A byte stream carried in DATA/EOF chunks over `S`.
+#[derive(Debug)]
+pub struct TunnelStream<S> {
+    inner: S,
+    /// Raw bytes read from `inner` and not yet consumed.
+    rbuf: Vec<u8>,
+    rpos: usize,
+    /// Payload bytes of the current DATA chunk not yet handed to the reader.
+    r_remaining: usize,
+    r_eof: bool,
+    /// Encoded chunks waiting to be written to `inner`.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    w_eof_sent: bool,
+}
+
+impl<S> TunnelStream<S> {
+    /// Wraps a transport whose stream header has already been exchanged.
+    pub fn new(inner: S) -> Self {
+        Self::with_buffered(inner, Vec::new())
+    }
+
+    /// Like [`TunnelStream::new`], for when some tunnel bytes were already read from `inner`.
+    pub fn with_buffered(inner: S, already_read: Vec<u8>) -> Self {
+        TunnelStream {
+            inner,
+            rbuf: already_read,
+            rpos: 0,
+            r_remaining: 0,
+            r_eof: false,
+            wbuf: Vec::new(),
+            wpos: 0,
+            w_eof_sent: false,
+        }
+    }
+
+    /// The wrapped transport.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Whether the peer has signalled end-of-stream.
+    pub fn peer_finished(&self) -> bool {
+        self.r_eof
+    }
+
+    fn buffered(&self) -> &[u8] {
+        &self.rbuf[self.rpos..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.rpos += n;
+        if self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        }
+    }
+}
+
+fn invalid(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+impl<S: AsyncRead + Unpin> TunnelStream<S> {
+    /// Reads more raw bytes from the transport into `rbuf`; `Ok(false)` on transport EOF.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if self.rpos > 0 && self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        }
+        let start = self.rbuf.len();
+        self.rbuf.resize(start + MAX_CHUNK + CHUNK_HEADER_LEN, 0);
+        let mut rb = ReadBuf::new(&mut self.rbuf[start..]);
+        let res = Pin::new(&mut self.inner).poll_read(cx, &mut rb);
+        let n = rb.filled().len();
+        self.rbuf.truncate(start + n);
+        ready!(res)?;
+        Poll::Ready(Ok(n > 0))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for TunnelStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.r_eof || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            if this.r_remaining > 0 && !this.buffered().is_empty() {
+                let n = this
+                    .r_remaining
+                    .min(this.buffered().len())
+                    .min(buf.remaining());
+                buf.put_slice(&this.buffered()[..n]);
+                this.consume(n);
+                this.r_remaining -= n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.r_remaining == 0 && this.buffered().len() >= CHUNK_HEADER_LEN {
+                let h = this.buffered();
+                let tag = h[0];
+                let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+                this.consume(CHUNK_HEADER_LEN);
+                match tag {
+                    TAG_DATA if len == 0 => return Poll::Ready(Err(invalid("empty data chunk"))),
+                    TAG_DATA if len > MAX_CHUNK => {
+                        return Poll::Ready(Err(invalid("tunnel chunk exceeds MAX_CHUNK")))
+                    }
+                    TAG_DATA => this.r_remaining = len,
+                    TAG_EOF if len == 0 => this.r_eof = true,
+                    TAG_EOF => return Poll::Ready(Err(invalid("EOF chunk with a length"))),
+                    _ => return Poll::Ready(Err(invalid("unknown tunnel chunk tag"))),
+                }
+                continue;
+            }
+            if !ready!(this.poll_fill(cx))? {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "tunnel transport closed without an end-of-stream chunk",
+                )));
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> TunnelStream<S> {
+    /// Writes out every encoded chunk held in `wbuf`.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.wpos < self.wbuf.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.wbuf[self.wpos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wpos += n;
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TunnelStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.w_eof_sent {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after tunnel end-of-stream",
+            )));
+        }
+        ready!(this.poll_drain(cx))?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = buf.len().min(MAX_CHUNK);
+        this.wbuf.push(TAG_DATA);
+        this.wbuf.extend_from_slice(&(n as u32).to_be_bytes());
+        this.wbuf.extend_from_slice(&buf[..n]);
+        // Best effort: push the chunk out now; what is left goes on the next write or flush.
+        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    /// Sends the EOF chunk and flushes; the transport itself stays open for reading.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.w_eof_sent {
+            ready!(this.poll_drain(cx))?;
+            this.wbuf.push(TAG_EOF);
+            this.wbuf.extend_from_slice(&0u32.to_be_bytes());
+            this.w_eof_sent = true;
+        }
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn bytes_and_eof_cross_in_both_directions() {
+        let (a, b) = tokio::io::duplex(1024);
+        let mut a = TunnelStream::new(a);
+        let mut b = TunnelStream::new(b);
+        let payload: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            a.write_all(&sent).await.unwrap();
+            a.shutdown().await.unwrap();
+            // The other direction still works after our EOF.
+            let mut back = Vec::new();
+            a.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, payload);
+        assert!(b.peer_finished());
+        b.write_all(b"reply").await.unwrap();
+        b.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"reply");
+    }
+
+    #[tokio::test]
+    async fn transport_close_without_eof_is_an_error() {
+        let (a, b) = tokio::io::duplex(64);
+        drop(a);
+        let mut b = TunnelStream::new(b);
+        let err = b.read_to_end(&mut Vec::new()).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn bad_chunks_are_rejected() {
+        for raw in [
+            vec![7u8, 0, 0, 0, 1, 0],          // unknown tag
+            vec![0u8, 0, 0, 0, 0],             // empty data
+            vec![0u8, 0xff, 0xff, 0xff, 0xff], // oversize
+            vec![1u8, 0, 0, 0, 3],             // EOF with length
+        ] {
+            let mut s = TunnelStream::new(&raw[..]);
+            let err = s.read_to_end(&mut Vec::new()).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{raw:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn already_read_bytes_are_used_first() {
+        let raw = vec![0u8, 0, 0, 0, 2, b'h', b'i', 1, 0, 0, 0, 0];
+        let (first, rest) = raw.split_at(4);
+        let mut s = TunnelStream::with_buffered(rest, first.to_vec());
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hi");
+    }
+}
