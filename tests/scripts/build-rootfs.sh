@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds the Debian bookworm root filesystem image the VM tests boot (curl, python3-requests,
+# systemd), as ext4, into CACHE/rootfs-<recipe>.ext4 and points CACHE/rootfs.ext4 at it.
+#
+# The recipe hash covers this script (package list included), so editing it rebuilds the
+# image; otherwise the cached image is reused. VMs never write to it: the harness attaches
+# it with QEMU's snapshot=on (or a read-only disk).
+set -euo pipefail
+cache="${1:?usage: build-rootfs.sh CACHE_DIR}"
+PACKAGES="curl,ca-certificates,python3,python3-requests,systemd,systemd-sysv,procps"
+recipe="$(sha256sum "$0" | cut -c1-16)"
+image="$cache/rootfs-$recipe.ext4"
+if [ -f "$image" ]; then
+  ln -sfn "$image" "$cache/rootfs.ext4"
+  exit 0
+fi
+work="$(mktemp -d "$cache/rootfs-build.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
+  --customize-hook='echo sluice-guest > "$1/etc/hostname"' \
+  --customize-hook='rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*' \
+  bookworm "$work/root" http://deb.debian.org/debian
+# Size: contents plus 30% and 64 MiB for the journal and the tests' scratch files.
+kib="$(du -sk "$work/root" | cut -f1)"
+size_mib=$(( kib * 13 / 10 / 1024 + 64 ))
+mke2fs -q -t ext4 -L sluice-root -d "$work/root" "$work/img" "${size_mib}M"
+mv "$work/img" "$image"
+# Drop images of older recipes.
+find "$cache" -maxdepth 1 -name 'rootfs-*.ext4' ! -name "rootfs-$recipe.ext4" -delete
+ln -sfn "$image" "$cache/rootfs.ext4"
+echo "build-rootfs: built $image (${size_mib} MiB)" >&2
