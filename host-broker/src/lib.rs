@@ -1,1 +1,3 @@
 //! Sluice host broker.
+pub mod policy;
+pub mod secrets;

@@ -1,0 +1,28 @@
+//! Egress policy: what a VM may reach, and which credentials go where.
+//!
+//! The policy is parsed from JSON or TOML (`deny_unknown_fields`), validated with errors that
+//! name the offending field path, and then queried by the proxy in three steps:
+//! [`Policy::check_name`] before any DNS, [`resolve_target`] to resolve once and pick the one
+//! address to dial, and [`Policy::check_addr`] on that address (private ranges, CIDR rules).
+//! See docs/policy.md for the reference.
+
+mod check;
+mod error;
+mod host_pattern;
+mod ip_class;
+mod local_addrs;
+mod model;
+mod parse;
+mod resolve;
+mod summary;
+mod validate;
+
+pub use error::{Denial, PolicyError};
+pub use host_pattern::{normalize_host, HostPattern};
+pub use ip_class::{classify_private, PrivateClass};
+pub use model::{
+    Cidr, CredentialSpec, DefaultAction, EgressPolicy, EgressRule, InjectRule, InterceptMode,
+    Location, OnViolation, Policy, PrivateNetworks, SecretSource,
+};
+pub use resolve::resolve_target;
+pub use summary::summarize;

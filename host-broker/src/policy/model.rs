@@ -1,0 +1,195 @@
+//! The policy data model (the public JSON/TOML shape). Parsing lives in `parse.rs`,
+//! semantic checks in `validate.rs`, evaluation in `check.rs`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::host_pattern::HostPattern;
+use crate::secrets::SecretValue;
+
+/// Per-VM policy. Every field has a default, so `{}` is a valid policy that denies all egress.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub egress: EgressPolicy,
+    #[serde(default)]
+    pub credentials: BTreeMap<String, CredentialSpec>,
+    /// Extra environment for the guest (not secret).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Static resolution overrides: host name -> address to dial (tests, air-gapped upstreams).
+    #[serde(default)]
+    pub resolve: BTreeMap<String, SocketAddr>,
+    #[serde(default)]
+    pub intercept: InterceptMode,
+}
+
+/// What may be reached at all.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressPolicy {
+    #[serde(default)]
+    pub default: DefaultAction,
+    #[serde(default)]
+    pub allow: Vec<EgressRule>,
+    #[serde(default)]
+    pub deny: Vec<EgressRule>,
+    #[serde(default)]
+    pub private_networks: PrivateNetworks,
+}
+
+/// Verdict when no rule matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultAction {
+    Allow,
+    #[default]
+    Deny,
+}
+
+/// Whether private/special-purpose addresses may be dialed without an explicit CIDR allow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrivateNetworks {
+    Allow,
+    #[default]
+    Deny,
+}
+
+/// One allow or deny rule. A rule matches a connection when its `hosts` match the requested
+/// host name OR its `cidrs` contain the dialed IP, and (if `ports` is set) the port matches.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRule {
+    #[serde(default)]
+    pub hosts: Vec<HostPattern>,
+    #[serde(default)]
+    pub cidrs: Vec<Cidr>,
+    /// Absent means any port.
+    #[serde(default)]
+    pub ports: Option<Vec<u16>>,
+}
+
+/// An IP network parsed from `"10.0.0.0/8"` (a bare IP means a single address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub ipnet::IpNet);
+
+/// How the broker handles TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InterceptMode {
+    /// Intercept every TLS connection (the only mode implemented by the core).
+    #[default]
+    Always,
+    /// Pass through TLS where no credential or HTTP rule can apply (later).
+    Auto,
+}
+
+/// One credential: where its value comes from and where it may go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialSpec {
+    pub source: SecretSource,
+    /// Required; `Option` only so that a missing list gets a precise error from validation.
+    #[serde(default)]
+    pub hosts: Option<Vec<HostPattern>>,
+    /// Defaults to `mock-<NAME>`.
+    #[serde(default)]
+    pub placeholder: Option<String>,
+    /// Where substitution happens; defaults to `["headers"]`.
+    #[serde(default = "default_in", rename = "in")]
+    pub locations: Vec<Location>,
+    #[serde(default)]
+    pub inject: Vec<InjectRule>,
+    #[serde(default)]
+    pub on_violation: OnViolation,
+}
+
+fn default_in() -> Vec<Location> {
+    vec![Location::Headers]
+}
+
+impl CredentialSpec {
+    /// The placeholder the guest sees for credential `name`.
+    pub fn placeholder_for(&self, name: &str) -> String {
+        self.placeholder
+            .clone()
+            .unwrap_or_else(|| format!("mock-{name}"))
+    }
+}
+
+/// Where a credential's value comes from. Externally tagged: `{"env": "NAME"}`,
+/// `{"file": "/path"}`, `{"value": "..."}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum SecretSource {
+    /// A variable of the broker's environment.
+    Env(String),
+    /// A file; relative paths are taken under `$CREDENTIALS_DIRECTORY` when that is set.
+    File(PathBuf),
+    /// An inline value (control API); redacted in Debug output.
+    Value(SecretValue),
+}
+
+/// A place in a request where a placeholder may be substituted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Location {
+    Headers,
+    Query,
+    Body,
+}
+
+/// Set `header` to `format` with `${value}` replaced by the real value (see docs/policy.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectRule {
+    pub header: String,
+    pub format: String,
+}
+
+/// What happens when a placeholder is seen where a gate fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnViolation {
+    /// Refuse the request (403 with a reason).
+    #[default]
+    Block,
+    /// Forward it unchanged (placeholder stays) and record the violation.
+    Log,
+}
+
+impl Cidr {
+    /// Parses `"10.0.0.0/8"`, `"fd00::/8"` or a bare address (a /32 or /128).
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        if let Ok(net) = s.parse::<ipnet::IpNet>() {
+            return Ok(Cidr(net));
+        }
+        if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+            return Ok(Cidr(ipnet::IpNet::from(ip)));
+        }
+        Err(format!("invalid CIDR {s:?}"))
+    }
+
+    /// Whether the network contains `ip` (v4-mapped IPv6 addresses are compared as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        self.0.contains(&super::ip_class::canonical(ip))
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Cidr::parse(&s).map_err(serde::de::Error::custom)
+    }
+}

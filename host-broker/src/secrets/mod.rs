@@ -1,0 +1,21 @@
+//! Credentials: loading real values, and substituting placeholders under the four gates.
+//!
+//! The guest only ever sees placeholders (`mock-<NAME>`). [`CredentialSet`] holds the real
+//! values for one policy version (Arc-shared), one aho-corasick automaton over every
+//! placeholder and one over every real value, so the cost of a scan does not depend on the
+//! number of credentials. See docs/policy.md for the gate and violation semantics.
+
+mod env;
+mod error;
+mod gate;
+mod headers;
+mod scrub;
+mod set;
+mod value;
+
+pub use env::{EnvSource, MapEnv, ProcessEnv};
+pub use error::CredentialError;
+pub use gate::{GateContext, Verdict, Violation};
+pub use scrub::Scrubber;
+pub use set::CredentialSet;
+pub use value::SecretValue;
