@@ -1,0 +1,436 @@
+//! The embeddable [`Broker`]: register VMs, serve their streams, report events.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::broadcast;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::Instrument;
+
+use crate::audit::AuditRecord;
+use crate::policy::Policy;
+use crate::secrets::{CredentialError, CredentialSet, EnvSource, ProcessEnv};
+use crate::state::{Shared, VmEntry, VmState};
+use crate::tls::{CaError, LeafCache, SystemClock, VmCa};
+use crate::transport::unix::{hybrid_listen_path, HybridListener};
+use crate::transport::vsock::CidListener;
+use crate::transport::{Listener, Origin, TransportError};
+use crate::upstream::{self, TrustError};
+
+/// Broker-wide settings.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Where per-VM state lives (`<state_dir>/vms/<id>/ca.{key,pem}`).
+    pub state_dir: PathBuf,
+    /// The vsock port guests connect to (hybrid: we listen on `<socket>_<port>`).
+    pub vsock_port: u32,
+    /// PEM files with extra upstream trust anchors, added to the host store.
+    pub upstream_extra_roots: Vec<PathBuf>,
+}
+
+/// How a VM's streams reach the broker.
+#[derive(Debug, Clone)]
+pub enum VmTransport {
+    /// The VMM's hybrid vsock Unix socket; we listen on `<path>_<port>`.
+    HybridSocket(PathBuf),
+    /// Kernel AF_VSOCK: streams from this peer CID belong to the VM.
+    Cid(u32),
+}
+
+/// A VM to register.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub id: String,
+    pub transport: VmTransport,
+    pub policy: Policy,
+}
+
+/// What the broker reports to embedders.
+#[derive(Debug, Clone)]
+pub enum BrokerEvent {
+    AgentHello {
+        vm: String,
+        agent_version: String,
+        boot_mode: shared_proto::BootMode,
+    },
+    WorkloadExited {
+        vm: String,
+        exit: shared_proto::WorkloadExit,
+    },
+    AgentFailed {
+        vm: String,
+        reason: String,
+    },
+    /// One proxied request or refusal (same fields as the `sluice::audit` event).
+    Request(AuditRecord),
+}
+
+/// Errors of the broker API.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("VM id {0:?} is already registered")]
+    DuplicateVm(String),
+    #[error("VM id {0:?} is not registered")]
+    UnknownVm(String),
+    #[error(
+        "VM id {0:?} is invalid: use 1-64 characters from [A-Za-z0-9._-], not starting with '.'"
+    )]
+    BadVmId(String),
+    #[error("CID {cid} is already used by VM {vm:?}")]
+    DuplicateCid { cid: u32, vm: String },
+    #[error("VM {vm:?}: policy: {source}")]
+    Policy {
+        vm: String,
+        #[source]
+        source: crate::policy::PolicyError,
+    },
+    #[error("VM {vm:?}: credentials: {source}")]
+    Credentials {
+        vm: String,
+        #[source]
+        source: CredentialError,
+    },
+    #[error("VM {vm:?}: CA: {source}")]
+    Ca {
+        vm: String,
+        #[source]
+        source: CaError,
+    },
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error("state_dir {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct Registered {
+    entry: Arc<VmEntry>,
+    /// Hybrid transport: the accept loop (owns the listener and the VM's connections).
+    task: Option<JoinHandle<()>>,
+    socket: Option<PathBuf>,
+    cid: Option<u32>,
+}
+
+struct Inner {
+    config: BrokerConfig,
+    shared: Arc<Shared>,
+    vms: RwLock<HashMap<String, Registered>>,
+    cids: Arc<RwLock<HashMap<u32, Arc<VmEntry>>>>,
+    vsock_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The host broker.
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl Broker {
+    /// Loads upstream trust, prepares the state dir. Listens on nothing until VMs register.
+    pub async fn start(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(config.state_dir.join("vms"))
+            .map_err(|source| BrokerError::StateDir {
+                path: config.state_dir.clone(),
+                source,
+            })?;
+        let upstream_tls = upstream::client_config(&config.upstream_extra_roots)?;
+        let (events, _) = broadcast::channel(1024);
+        Ok(Broker {
+            inner: Arc::new(Inner {
+                config,
+                shared: Arc::new(Shared {
+                    events,
+                    upstream_tls,
+                }),
+                vms: RwLock::default(),
+                cids: Arc::default(),
+                vsock_task: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Registers a VM and starts listening for it. An id registered twice is an error.
+    pub async fn register_vm(&self, spec: VmSpec) -> Result<(), BrokerError> {
+        self.register_vm_with_env(spec, &ProcessEnv).await
+    }
+
+    /// Like [`Broker::register_vm`], reading `env` credential sources from `env`.
+    pub async fn register_vm_with_env(
+        &self,
+        spec: VmSpec,
+        env: &dyn EnvSource,
+    ) -> Result<(), BrokerError> {
+        let id = spec.id.clone();
+        if !valid_id(&id) {
+            return Err(BrokerError::BadVmId(id));
+        }
+        if self.read_vms().contains_key(&id) {
+            return Err(BrokerError::DuplicateVm(id));
+        }
+        spec.policy
+            .validate()
+            .map_err(|source| BrokerError::Policy {
+                vm: id.clone(),
+                source,
+            })?;
+        let creds =
+            CredentialSet::load(&spec.policy, env).map_err(|source| BrokerError::Credentials {
+                vm: id.clone(),
+                source,
+            })?;
+        let vm_dir = self.inner.config.state_dir.join("vms").join(&id);
+        let ca =
+            Arc::new(
+                VmCa::load_or_create(&vm_dir, &id).map_err(|source| BrokerError::Ca {
+                    vm: id.clone(),
+                    source,
+                })?,
+            );
+        let leaves = Arc::new(LeafCache::new(
+            ca.clone(),
+            Arc::new(SystemClock),
+            crate::tls::leaf::DEFAULT_LEAF_CACHE_CAPACITY,
+        ));
+        let entry = Arc::new(VmEntry::new(VmState {
+            id: id.clone(),
+            policy: spec.policy,
+            creds: Arc::new(creds),
+            ca,
+            leaves,
+        }));
+        let mut reg = Registered {
+            entry: entry.clone(),
+            task: None,
+            socket: None,
+            cid: None,
+        };
+        match &spec.transport {
+            VmTransport::HybridSocket(vmm_socket) => {
+                let path = hybrid_listen_path(vmm_socket, self.inner.config.vsock_port);
+                let listener = HybridListener::bind(&path)?;
+                tracing::info!(vm = %id, path = %path.display(), "listening for VM streams");
+                reg.socket = Some(path);
+                reg.task = Some(spawn_vm_loop(
+                    Listener::Unix(listener),
+                    entry,
+                    self.inner.shared.clone(),
+                ));
+            }
+            VmTransport::Cid(cid) => {
+                self.ensure_vsock_listener()?;
+                let mut cids = self.inner.cids.write().unwrap_or_else(|e| e.into_inner());
+                if let Some(other) = cids.get(cid) {
+                    return Err(BrokerError::DuplicateCid {
+                        cid: *cid,
+                        vm: other.id.clone(),
+                    });
+                }
+                cids.insert(*cid, entry);
+                reg.cid = Some(*cid);
+            }
+        }
+        let lost_race = {
+            let mut vms = self.inner.vms.write().unwrap_or_else(|e| e.into_inner());
+            if vms.contains_key(&id) {
+                Some(reg)
+            } else {
+                vms.insert(id.clone(), reg);
+                None
+            }
+        };
+        if let Some(reg) = lost_race {
+            // A concurrent registration of the same id won.
+            stop(reg, &self.inner.cids).await;
+            return Err(BrokerError::DuplicateVm(id));
+        }
+        Ok(())
+    }
+
+    /// Stops serving a VM: closes its listener and its connections, removes its socket file.
+    /// Its CA stays in the state dir (a re-registered VM keeps trusting the same CA).
+    pub async fn unregister_vm(&self, id: &str) -> Result<(), BrokerError> {
+        let reg = self
+            .inner
+            .vms
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+            .ok_or_else(|| BrokerError::UnknownVm(id.to_owned()))?;
+        stop(reg, &self.inner.cids).await;
+        tracing::info!(vm = %id, "VM unregistered");
+        Ok(())
+    }
+
+    /// The PEM of the VM's interception CA.
+    pub fn ca_pem(&self, id: &str) -> Option<String> {
+        self.read_vms()
+            .get(id)
+            .map(|r| r.entry.current().ca.pem().to_owned())
+    }
+
+    /// Events: agent hello/exit/failure and one record per proxied request.
+    pub fn subscribe(&self) -> broadcast::Receiver<BrokerEvent> {
+        self.inner.shared.events.subscribe()
+    }
+
+    /// Stops every listener and connection.
+    pub async fn shutdown(self) {
+        let regs: Vec<Registered> = self
+            .inner
+            .vms
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, r)| r)
+            .collect();
+        for reg in regs {
+            stop(reg, &self.inner.cids).await;
+        }
+        let task = self
+            .inner
+            .vsock_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(t) = task {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    fn read_vms(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Registered>> {
+        self.inner.vms.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ensure_vsock_listener(&self) -> Result<(), BrokerError> {
+        let mut task = self
+            .inner
+            .vsock_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if task.is_none() {
+            let listener = CidListener::bind(self.inner.config.vsock_port)?;
+            *task = Some(spawn_cid_loop(
+                listener,
+                self.inner.cids.clone(),
+                self.inner.shared.clone(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `<socket>_<port>` path the broker listens on for a hybrid-socket VM.
+    pub fn listen_path(&self, id: &str) -> Option<PathBuf> {
+        self.read_vms().get(id).and_then(|r| r.socket.clone())
+    }
+
+    /// The configured state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.config.state_dir
+    }
+}
+
+async fn stop(reg: Registered, cids: &RwLock<HashMap<u32, Arc<VmEntry>>>) {
+    if let Some(cid) = reg.cid {
+        cids.write().unwrap_or_else(|e| e.into_inner()).remove(&cid);
+    }
+    if let Some(task) = reg.task {
+        task.abort();
+        let _ = task.await;
+    }
+    if let Some(path) = reg.socket {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Accept loop of one hybrid-socket VM. Connections live in a JoinSet owned by the loop, so
+/// aborting the loop (unregister) also ends them.
+fn spawn_vm_loop(listener: Listener, vm: Arc<VmEntry>, shared: Arc<Shared>) -> JoinHandle<()> {
+    let span = tracing::info_span!("vm", vm = %vm.id);
+    tokio::spawn(
+        async move {
+            let mut conns = JoinSet::new();
+            loop {
+                tokio::select! {
+                    acc = listener.accept() => match acc {
+                        Ok(acc) => {
+                            conns.spawn(
+                                crate::dispatch::serve_stream(acc, vm.clone(), shared.clone())
+                                    .in_current_span(),
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            // Avoid a hot loop on persistent errors (e.g. EMFILE).
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                    },
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        }
+        .instrument(span),
+    )
+}
+
+/// The broker-wide AF_VSOCK accept loop: routes each stream to the VM of its peer CID.
+fn spawn_cid_loop(
+    listener: CidListener,
+    cids: Arc<RwLock<HashMap<u32, Arc<VmEntry>>>>,
+    shared: Arc<Shared>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                acc = listener.accept() => match acc {
+                    Ok(acc) => {
+                        let Origin::Cid(cid) = acc.origin else { continue };
+                        let vm = cids.read().unwrap_or_else(|e| e.into_inner()).get(&cid).cloned();
+                        match vm {
+                            Some(vm) => {
+                                let span = tracing::info_span!("vm", vm = %vm.id, cid);
+                                conns.spawn(
+                                    crate::dispatch::serve_stream(acc, vm, shared.clone())
+                                        .instrument(span),
+                                );
+                            }
+                            None => tracing::warn!(cid, "closing stream from an unregistered CID"),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "vsock accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+    })
+}

@@ -1,0 +1,184 @@
+//! The `host-broker serve --config FILE` TOML file.
+//!
+//! ```toml
+//! state_dir = "/var/lib/sluice"
+//! vsock_port = 7070                 # optional, default 7070
+//! upstream_extra_roots = []         # optional: PEM files trusted for upstreams
+//!
+//! [[vms]]
+//! id = "vm1"
+//! hybrid_socket = "/run/sluice/vm1.vsock"   # or: cid = 3
+//! policy_file = "/etc/sluice/vm1.json"      # or an inline [vms.policy] table
+//! ```
+//! Relative paths are resolved against the config file's directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::policy::Policy;
+use crate::{BrokerConfig, VmSpec, VmTransport};
+
+/// Errors reading the serve config; each names the file and field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {field}: {message}")]
+    Field {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<PathBuf>,
+    vsock_port: Option<u32>,
+    #[serde(default)]
+    upstream_extra_roots: Vec<PathBuf>,
+    #[serde(default)]
+    vms: Vec<RawVm>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVm {
+    id: Option<String>,
+    hybrid_socket: Option<PathBuf>,
+    cid: Option<u32>,
+    policy_file: Option<PathBuf>,
+    policy: Option<toml::Value>,
+}
+
+/// A validated serve config.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub broker: BrokerConfig,
+    pub vms: Vec<VmSpec>,
+}
+
+impl ServeConfig {
+    pub fn from_path(path: &Path) -> Result<ServeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml_str(&text, path, base)
+    }
+
+    /// Parses `text` (named `path` in errors), resolving relative paths against `base`.
+    pub fn from_toml_str(text: &str, path: &Path, base: &Path) -> Result<ServeConfig, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let field = |field: String, message: &str| ConfigError::Field {
+            path: path.to_path_buf(),
+            field,
+            message: message.to_owned(),
+        };
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let state_dir = raw
+            .state_dir
+            .ok_or_else(|| field("state_dir".into(), "required"))?;
+        let vsock_port = raw.vsock_port.unwrap_or(shared_proto::DEFAULT_VSOCK_PORT);
+        if vsock_port == 0 {
+            return Err(field("vsock_port".into(), "must be 1..=4294967295"));
+        }
+        let mut vms = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, vm) in raw.vms.into_iter().enumerate() {
+            let at = |f: &str| format!("vms[{i}].{f}");
+            let id = vm.id.ok_or_else(|| field(at("id"), "required"))?;
+            if !seen.insert(id.clone()) {
+                return Err(field(at("id"), &format!("duplicate id {id:?}")));
+            }
+            let transport = match (vm.hybrid_socket, vm.cid) {
+                (Some(p), None) => VmTransport::HybridSocket(abs(p)),
+                (None, Some(c)) if c > 2 => VmTransport::Cid(c),
+                (None, Some(_)) => return Err(field(at("cid"), "guest CIDs start at 3")),
+                _ => {
+                    return Err(field(
+                        at("hybrid_socket"),
+                        "exactly one of hybrid_socket or cid is required",
+                    ))
+                }
+            };
+            let policy = match (vm.policy_file, vm.policy) {
+                (Some(f), None) => Policy::from_path(&abs(f))
+                    .map_err(|e| field(at("policy_file"), &e.to_string()))?,
+                (None, Some(v)) => {
+                    let s = toml::to_string(&v).map_err(|e| field(at("policy"), &e.to_string()))?;
+                    Policy::from_toml_str(&s).map_err(|e| field(at("policy"), &e.to_string()))?
+                }
+                _ => {
+                    return Err(field(
+                        at("policy_file"),
+                        "exactly one of policy_file or an inline policy table is required",
+                    ))
+                }
+            };
+            vms.push(VmSpec {
+                id,
+                transport,
+                policy,
+            });
+        }
+        Ok(ServeConfig {
+            broker: BrokerConfig {
+                state_dir: abs(state_dir),
+                vsock_port,
+                upstream_extra_roots: raw.upstream_extra_roots.into_iter().map(abs).collect(),
+            },
+            vms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<ServeConfig, ConfigError> {
+        ServeConfig::from_toml_str(s, Path::new("t.toml"), Path::new("/etc/sluice"))
+    }
+
+    #[test]
+    fn missing_state_dir_named() {
+        let e = parse("").unwrap_err().to_string();
+        assert!(e.contains("state_dir"), "{e}");
+    }
+
+    #[test]
+    fn vm_without_transport_named() {
+        let e = parse("state_dir = \"/s\"\n[[vms]]\nid = \"a\"\npolicy_file = \"p.json\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vms[0].hybrid_socket"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_rejected() {
+        let e = parse("state_dir = \"/s\"\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_resolved() {
+        let c = parse("state_dir = \"state\"\n").unwrap();
+        assert_eq!(c.broker.state_dir, PathBuf::from("/etc/sluice/state"));
+        assert_eq!(c.broker.vsock_port, 7070);
+    }
+}

@@ -1,0 +1,159 @@
+//! The HTTP/1.1 proxy served on each `Proxy` stream (keep-alive): `CONNECT host:port`
+//! (intercepted, see [`connect`]) and absolute-form `http://` requests (see [`plain`]).
+//!
+//! Refusals are `403` with an `x-sluice-reason` header and the reason as body; upstream
+//! failures are `502` with the same header. Order of checks for every target:
+//! `Policy::check_name` -> `resolve_target` (policy on the resolved IP) -> dial that exact
+//! `SocketAddr`.
+
+mod body;
+mod connect;
+mod headers;
+mod plain;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::Instrument;
+
+use crate::audit::{self, AuditRecord};
+use crate::state::{Shared, VmState};
+
+pub use body::{BoxError, ProxyBody};
+pub use headers::{host_without_port, strip_hop_by_hop};
+
+/// Name of the header that carries the reason of a refusal or failure.
+pub const REASON_HEADER: &str = "x-sluice-reason";
+
+/// How long a client may take to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+static CONN_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Serves one proxy stream until the guest closes it.
+pub(crate) async fn serve<S>(io: S, vm: Arc<VmState>, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let conn = CONN_IDS.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("conn", conn);
+    let svc = service_fn(move |req| {
+        let vm = vm.clone();
+        let shared = shared.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(req, vm, shared).await) }
+    });
+    let result = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .instrument(span.clone())
+        .await;
+    if let Err(e) = result {
+        span.in_scope(|| tracing::debug!(error = %e, "proxy connection ended with an error"));
+    }
+}
+
+async fn route(
+    req: Request<Incoming>,
+    vm: Arc<VmState>,
+    shared: Arc<Shared>,
+) -> Response<ProxyBody> {
+    if req.method() == Method::CONNECT {
+        return connect::handle(req, vm, shared).await;
+    }
+    match req.uri().scheme_str() {
+        Some("http") if req.uri().authority().is_some() => plain::handle(req, vm, shared).await,
+        Some(_) => {
+            let rec = record(&vm, &req, req.uri().host().unwrap_or(""));
+            refuse(
+                &shared,
+                rec,
+                StatusCode::BAD_REQUEST,
+                "only http:// absolute-form requests and CONNECT are proxied; use CONNECT for https",
+            )
+        }
+        None => {
+            let rec = record(&vm, &req, "");
+            refuse(
+                &shared,
+                rec,
+                StatusCode::BAD_REQUEST,
+                "this is a proxy: send CONNECT host:port or an absolute-form http:// request",
+            )
+        }
+    }
+}
+
+/// An audit record for `req`, verdict and status to be filled in.
+fn record<B>(vm: &VmState, req: &Request<B>, host: &str) -> AuditRecord {
+    AuditRecord {
+        vm: vm.id.clone(),
+        host: host.to_owned(),
+        method: req.method().as_str().to_owned(),
+        path: audit::path_only(
+            req.uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/"),
+        ),
+        credentials: Vec::new(),
+        verdict: String::new(),
+        status: 0,
+        bytes: 0,
+    }
+}
+
+/// Builds a refusal/failure answer, emits its audit record and returns the response.
+fn refuse(
+    shared: &Shared,
+    mut rec: AuditRecord,
+    status: StatusCode,
+    reason: &str,
+) -> Response<ProxyBody> {
+    if rec.verdict.is_empty() {
+        rec.verdict = match status {
+            StatusCode::FORBIDDEN => "blocked",
+            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => "failed",
+            _ => "error",
+        }
+        .to_owned();
+    }
+    rec.status = status.as_u16();
+    let body = format!("sluice: {reason}\n");
+    rec.bytes = body.len() as u64;
+    tracing::info!(status = status.as_u16(), %reason, "refused");
+    audit::emit(&shared.events, rec);
+    reason_response(status, reason, body)
+}
+
+fn reason_response(status: StatusCode, reason: &str, body: String) -> Response<ProxyBody> {
+    let header = HeaderValue::from_str(reason).unwrap_or_else(|_| {
+        let clean: String = reason
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        HeaderValue::from_str(&clean).unwrap_or(HeaderValue::from_static("refused"))
+    });
+    let mut resp = Response::new(body::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(REASON_HEADER, header);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

@@ -1,0 +1,112 @@
+//! Absolute-form `http://host/...` requests: policy applies as for CONNECT, but nothing is
+//! ever substituted over plaintext. A placeholder in such a request is a violation
+//! (`CredentialSet::check_plaintext_headers`): blocked by default, or forwarded unchanged
+//! with `on_violation = "log"`. A Host header naming another host than the URI is refused.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::body::ProxyBody;
+use super::connect::{handshake, origin_form, respond};
+use super::headers::{host_header, host_without_port, strip_hop_by_hop};
+use super::{record, refuse};
+use crate::policy::resolve_target;
+use crate::secrets::{GateContext, Verdict};
+use crate::state::{Shared, VmState};
+use crate::upstream;
+
+pub(super) async fn handle(
+    req: Request<Incoming>,
+    vm: Arc<VmState>,
+    shared: Arc<Shared>,
+) -> Response<ProxyBody> {
+    let Some(authority) = req.uri().authority().cloned() else {
+        let rec = record(&vm, &req, "");
+        return refuse(
+            &shared,
+            rec,
+            StatusCode::BAD_REQUEST,
+            "request URI has no host",
+        );
+    };
+    let host = host_without_port(authority.as_str());
+    let port = authority.port_u16().unwrap_or(80);
+    let mut rec = record(&vm, &req, &host);
+    if host.is_empty() {
+        return refuse(
+            &shared,
+            rec,
+            StatusCode::BAD_REQUEST,
+            "request URI has no host",
+        );
+    }
+    if let Err(d) = vm.policy.check_name(&host, port) {
+        rec.verdict = "denied".into();
+        return refuse(&shared, rec, StatusCode::FORBIDDEN, &d.reason);
+    }
+    let addr = match resolve_target(&vm.policy, &host, port).await {
+        Ok(a) => a,
+        Err(d) => {
+            rec.verdict = "denied".into();
+            return refuse(&shared, rec, StatusCode::FORBIDDEN, &d.reason);
+        }
+    };
+    let (mut parts, body) = req.into_parts();
+    match host_header(&parts.headers) {
+        None if !parts.headers.contains_key(http::header::HOST) => {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(http::header::HOST, v);
+            }
+        }
+        Some(h) if h == host => {}
+        other => {
+            let reason = format!(
+                "Host header {} does not match the request URI host {host}",
+                other.as_deref().unwrap_or("(repeated or invalid)")
+            );
+            return refuse(&shared, rec, StatusCode::FORBIDDEN, &reason);
+        }
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    let ctx = GateContext {
+        target_host: &host,
+        tls_verified: false,
+        authority_matches: true,
+        dialed_by_name: host.parse::<IpAddr>().is_err(),
+    };
+    match vm.creds.check_plaintext_headers(&parts.headers, &ctx) {
+        Verdict::Block { reason, violations } => {
+            rec.credentials = violations.iter().map(|v| v.credential.clone()).collect();
+            return refuse(&shared, rec, StatusCode::FORBIDDEN, &reason);
+        }
+        Verdict::Forward {
+            logged_violations, ..
+        } => {
+            for v in &logged_violations {
+                tracing::warn!(credential = %v.credential, gate = %v.gate, "placeholder sent over plaintext unchanged (on_violation = log)");
+            }
+        }
+    }
+    let tcp = match upstream::dial(addr).await {
+        Ok(t) => t,
+        Err(e) => return refuse(&shared, rec, StatusCode::BAD_GATEWAY, &e.to_string()),
+    };
+    let mut sender = match handshake(tcp).await {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = format!("upstream {host}: {e}");
+            return refuse(&shared, rec, StatusCode::BAD_GATEWAY, &reason);
+        }
+    };
+    parts.uri = origin_form(&parts.uri);
+    match sender.send_request(Request::from_parts(parts, body)).await {
+        Ok(resp) => respond(resp, rec, &vm, &shared),
+        Err(e) => {
+            let reason = format!("upstream {host}: {e}");
+            refuse(&shared, rec, StatusCode::BAD_GATEWAY, &reason)
+        }
+    }
+}

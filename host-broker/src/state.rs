@@ -1,0 +1,63 @@
+//! Per-VM state and broker-wide shared state, as seen by connection handlers.
+
+use std::sync::{Arc, RwLock};
+
+use rustls::ClientConfig;
+use tokio::sync::broadcast;
+
+use crate::policy::Policy;
+use crate::secrets::CredentialSet;
+use crate::tls::{LeafCache, VmCa};
+use crate::BrokerEvent;
+
+/// One version of a VM's configuration. Replaced as a whole (a new `Arc`) on a live update,
+/// so a connection keeps a consistent view for its lifetime.
+pub(crate) struct VmState {
+    pub id: String,
+    pub policy: Policy,
+    pub creds: Arc<CredentialSet>,
+    pub ca: Arc<VmCa>,
+    pub leaves: Arc<LeafCache>,
+}
+
+impl std::fmt::Debug for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmState")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A registered VM: its id and its current state (swappable).
+#[derive(Debug)]
+pub(crate) struct VmEntry {
+    pub id: String,
+    state: RwLock<Arc<VmState>>,
+}
+
+impl VmEntry {
+    pub fn new(state: VmState) -> VmEntry {
+        VmEntry {
+            id: state.id.clone(),
+            state: RwLock::new(Arc::new(state)),
+        }
+    }
+
+    /// The current state (cheap clone of an `Arc`).
+    pub fn current(&self) -> Arc<VmState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Swaps in a new state; connections already running keep the old one.
+    #[allow(dead_code)] // used by the live-update API (next step)
+    pub fn replace(&self, state: VmState) {
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(state);
+    }
+}
+
+/// What every connection needs besides its VM.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub events: broadcast::Sender<BrokerEvent>,
+    pub upstream_tls: Arc<ClientConfig>,
+}

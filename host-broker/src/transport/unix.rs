@@ -1,0 +1,101 @@
+//! Hybrid vsock (Cloud Hypervisor, Firecracker, vhost-device-vsock): a guest `connect(CID 2,
+//! port P)` arrives as a Unix connection on `<vm socket>_<P>`. We listen there, one listener
+//! per VM, so the listener a stream arrived on is the VM's identity.
+//!
+//! The socket file gets the default mode (umask): the VMM process, possibly another user,
+//! must be able to connect. Operators should restrict access via the directory holding the
+//! VMM socket (see host-broker/README.md).
+
+use std::path::{Path, PathBuf};
+
+use tokio::net::UnixListener;
+
+use super::{Accepted, Origin, TransportError};
+
+/// `<socket>_<port>`: where the VMM delivers guest connections to host port `port`.
+pub fn hybrid_listen_path(vmm_socket: &Path, port: u32) -> PathBuf {
+    let mut s = vmm_socket.as_os_str().to_owned();
+    s.push(format!("_{port}"));
+    PathBuf::from(s)
+}
+
+/// A listener on `<socket>_<port>`; removes its socket file when dropped.
+#[derive(Debug)]
+pub struct HybridListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl HybridListener {
+    /// Binds `path`, removing a stale socket file left by a previous run first.
+    pub fn bind(path: &Path) -> Result<HybridListener, TransportError> {
+        let err = |source| TransportError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => {
+                use std::os::unix::fs::FileTypeExt;
+                if !meta.file_type().is_socket() {
+                    return Err(err(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "exists and is not a socket; refusing to remove it",
+                    )));
+                }
+                std::fs::remove_file(path).map_err(err)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(err)?;
+        Ok(HybridListener {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub async fn accept(&self) -> std::io::Result<Accepted> {
+        let (stream, _) = self.listener.accept().await?;
+        Ok(Accepted {
+            io: Box::new(stream),
+            origin: Origin::HybridSocket,
+        })
+    }
+}
+
+impl Drop for HybridListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_appends_port() {
+        assert_eq!(
+            hybrid_listen_path(Path::new("/run/vm/a.vsock"), 7070),
+            PathBuf::from("/run/vm/a.vsock_7070")
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_socket_replaced_and_regular_file_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s_7070");
+        let first = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        drop(first); // leaves a stale socket file
+        let l = HybridListener::bind(&p).unwrap();
+        drop(l);
+        assert!(!p.exists(), "listener removes its socket on drop");
+        std::fs::write(&p, b"not a socket").unwrap();
+        assert!(HybridListener::bind(&p).is_err());
+        assert!(p.exists());
+    }
+}
