@@ -79,7 +79,9 @@ impl HostPattern {
     pub fn parse(s: &str) -> Result<HostPattern, String> {
         let trimmed = s.trim();
         if trimmed != s || s.is_empty() {
-            return Err(format!("invalid host pattern {s:?}: empty or surrounding spaces"));
+            return Err(format!(
+                "invalid host pattern {s:?}: empty or surrounding spaces"
+            ));
         }
         if s == "*" {
             return Ok(HostPattern::Any);
@@ -119,7 +121,9 @@ impl HostPattern {
                     && h.len() > suffix.len() + 1
                     && h.ends_with(suffix.as_str())
                     && h.as_bytes()[h.len() - suffix.len() - 1] == b'.'
-                    && !h[..h.len() - suffix.len() - 1].split('.').any(str::is_empty)
+                    && !h[..h.len() - suffix.len() - 1]
+                        .split('.')
+                        .any(str::is_empty)
             }
         }
     }
@@ -202,10 +206,23 @@ mod tests {
     #[test]
     fn rejects_bad_patterns() {
         for bad in [
-            "", " a.com", "a*.com", "*a.com", "a.*.com", "*.*.com", "*.", "a..b", "-a.com",
-            "a b.com", "ünï.com", "*.com*",
+            "",
+            " a.com",
+            "a*.com",
+            "*a.com",
+            "a.*.com",
+            "*.*.com",
+            "*.",
+            "a..b",
+            "-a.com",
+            "a b.com",
+            "ünï.com",
+            "*.com*",
         ] {
-            assert!(HostPattern::parse(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                HostPattern::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 

@@ -26,3 +26,6 @@ pub use model::{
 };
 pub use resolve::resolve_target;
 pub use summary::summarize;
+
+#[cfg(test)]
+mod tests;

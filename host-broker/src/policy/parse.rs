@@ -9,12 +9,11 @@ impl Policy {
     /// Parses and validates a JSON policy.
     pub fn from_json_str(s: &str) -> Result<Policy, PolicyError> {
         let mut de = serde_json::Deserializer::from_str(s);
-        let policy: Policy = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            PolicyError::Parse {
+        let policy: Policy =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| PolicyError::Parse {
                 path: path_or_root(e.path().to_string()),
                 message: e.into_inner().to_string(),
-            }
-        })?;
+            })?;
         de.end().map_err(|e| PolicyError::Parse {
             path: "(root)".into(),
             message: e.to_string(),

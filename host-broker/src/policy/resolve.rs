@@ -1,13 +1,39 @@
 //! Resolve once, check every candidate, return the one address to dial.
+//!
+//! Returning a single checked `SocketAddr` (instead of letting the caller resolve again)
+//! closes the DNS-rebinding window: the address that was checked is the address dialed.
 
 use std::net::SocketAddr;
 
 use super::error::Denial;
+use super::host_pattern::{normalize_host, parse_ip_literal};
 use super::model::Policy;
 
 /// Resolve once (override, else DNS via tokio::net::lookup_host), check every candidate
-/// with check_addr, return the ONE address the caller must dial.
+/// with the address rules (using the port the guest requested), return the ONE address the
+/// caller must dial. If any candidate is refused the whole target is refused, so an answer
+/// mixing public and private addresses cannot be used to reach the private one.
 pub async fn resolve_target(policy: &Policy, host: &str, port: u16) -> Result<SocketAddr, Denial> {
-    let _ = (policy, host, port);
-    todo!()
+    policy.check_name(host, port)?;
+    let h = normalize_host(host);
+    if let Some(addr) = policy.resolve_override(&h) {
+        policy.check_target(&h, port, addr)?;
+        return Ok(addr);
+    }
+    if let Some(ip) = parse_ip_literal(&h) {
+        let addr = SocketAddr::new(ip, port);
+        policy.check_target(&h, port, addr)?;
+        return Ok(addr);
+    }
+    let candidates: Vec<SocketAddr> = tokio::net::lookup_host((h.as_str(), port))
+        .await
+        .map_err(|e| Denial::new(format!("cannot resolve {h}: {e}")))?
+        .collect();
+    let Some(first) = candidates.first().copied() else {
+        return Err(Denial::new(format!("cannot resolve {h}: no addresses")));
+    };
+    for addr in &candidates {
+        policy.check_target(&h, port, *addr)?;
+    }
+    Ok(first)
 }

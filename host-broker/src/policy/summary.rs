@@ -1,9 +1,80 @@
 //! Human-readable summary for `host-broker policy check` (never secret values).
 
-use super::model::Policy;
+use std::fmt::Write;
 
-/// Credential names, hosts and egress rules.
+use super::model::{EgressRule, Policy, SecretSource};
+
+/// Lowercased Debug name of a unit enum variant (`Deny` -> `deny`).
+fn lower(v: impl std::fmt::Debug) -> String {
+    format!("{v:?}").to_lowercase()
+}
+
+fn rule_line(r: &EgressRule) -> String {
+    let mut parts = Vec::new();
+    if !r.hosts.is_empty() {
+        let h: Vec<String> = r.hosts.iter().map(|p| p.to_string()).collect();
+        parts.push(format!("hosts {}", h.join(", ")));
+    }
+    if !r.cidrs.is_empty() {
+        let c: Vec<String> = r.cidrs.iter().map(|c| c.to_string()).collect();
+        parts.push(format!("cidrs {}", c.join(", ")));
+    }
+    match &r.ports {
+        None => parts.push("any port".into()),
+        Some(p) => parts.push(format!(
+            "ports {}",
+            p.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+        )),
+    }
+    parts.join("; ")
+}
+
+/// Credential names, sources (kind and name/path only), hosts and egress rules.
 pub fn summarize(policy: &Policy) -> String {
-    let _ = policy;
-    todo!()
+    let mut s = String::new();
+    let e = &policy.egress;
+    let _ = writeln!(
+        s,
+        "egress: default {}, private_networks {}, intercept {}",
+        lower(e.default),
+        lower(e.private_networks),
+        lower(policy.intercept)
+    );
+    for (kind, rules) in [("allow", &e.allow), ("deny", &e.deny)] {
+        for (i, r) in rules.iter().enumerate() {
+            let _ = writeln!(s, "  {kind}[{i}]: {}", rule_line(r));
+        }
+    }
+    let _ = writeln!(s, "credentials: {}", policy.credentials.len());
+    for (name, c) in &policy.credentials {
+        let source = match &c.source {
+            SecretSource::Env(v) => format!("env {v}"),
+            SecretSource::File(p) => format!("file {}", p.display()),
+            SecretSource::Value(_) => "inline value".to_string(),
+        };
+        let hosts: Vec<String> = c.hosts.iter().flatten().map(|p| p.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "  {name}: placeholder {}, source {source}, hosts {}, in {}, on_violation {}",
+            c.placeholder_for(name),
+            hosts.join(", "),
+            c.locations
+                .iter()
+                .map(|l| lower(*l))
+                .collect::<Vec<_>>()
+                .join(", "),
+            lower(c.on_violation)
+        );
+        for r in &c.inject {
+            let _ = writeln!(s, "    inject {}: {}", r.header, r.format);
+        }
+    }
+    if !policy.env.is_empty() {
+        let names: Vec<&str> = policy.env.keys().map(String::as_str).collect();
+        let _ = writeln!(s, "env: {}", names.join(", "));
+    }
+    for (h, a) in &policy.resolve {
+        let _ = writeln!(s, "resolve: {h} -> {a}");
+    }
+    s
 }

@@ -1,11 +1,212 @@
 //! Semantic validation that serde cannot express; errors name the field path.
 
+use std::collections::BTreeMap;
+
 use super::error::PolicyError;
-use super::model::Policy;
+use super::host_pattern::{check_hostname, normalize_host, parse_ip_literal};
+use super::model::{CredentialSpec, EgressRule, Policy, SecretSource};
+
+/// Shortest placeholder accepted: shorter ones would match ordinary header text.
+pub(crate) const MIN_PLACEHOLDER_LEN: usize = 4;
+
+/// Headers an inject rule may not set: framing, routing and hop-by-hop headers.
+const FORBIDDEN_INJECT_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "expect",
+];
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> PolicyError {
+    PolicyError::invalid(path, message)
+}
+
+/// Environment variable names the guest can use: `[A-Za-z_][A-Za-z0-9_]*`.
+pub(crate) fn is_env_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
 
 impl Policy {
     /// Checks cross-field rules (required `hosts`, distinct placeholders, inject rules, ...).
     pub fn validate(&self) -> Result<(), PolicyError> {
-        todo!()
+        for (i, r) in self.egress.allow.iter().enumerate() {
+            validate_rule(&format!("egress.allow[{i}]"), r)?;
+        }
+        for (i, r) in self.egress.deny.iter().enumerate() {
+            validate_rule(&format!("egress.deny[{i}]"), r)?;
+        }
+        let mut placeholders: BTreeMap<String, &str> = BTreeMap::new();
+        for (name, spec) in &self.credentials {
+            let path = format!("credentials.{name}");
+            validate_credential(&path, name, spec)?;
+            let ph = spec.placeholder_for(name);
+            if let Some(other) = placeholders.insert(ph.clone(), name) {
+                return Err(err(
+                    format!("{path}.placeholder"),
+                    format!("{ph:?} is also the placeholder of credentials.{other}"),
+                ));
+            }
+        }
+        for (k, v) in &self.env {
+            if !is_env_name(k) {
+                return Err(err(
+                    format!("env.{k}"),
+                    "not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                ));
+            }
+            if self.credentials.contains_key(k) {
+                return Err(err(
+                    format!("env.{k}"),
+                    format!(
+                        "conflicts with credentials.{k} (the guest gets its placeholder there)"
+                    ),
+                ));
+            }
+            if v.contains('\0') {
+                return Err(err(format!("env.{k}"), "value contains a NUL byte"));
+            }
+        }
+        for k in self.resolve.keys() {
+            let h = normalize_host(k);
+            if parse_ip_literal(&h).is_none() {
+                check_hostname(&h).map_err(|e| err(format!("resolve.{k:?}"), e))?;
+            }
+        }
+        Ok(())
     }
+}
+
+fn validate_rule(path: &str, r: &EgressRule) -> Result<(), PolicyError> {
+    if r.hosts.is_empty() && r.cidrs.is_empty() {
+        return Err(err(path, "a rule needs \"hosts\" or \"cidrs\" (or both)"));
+    }
+    if let Some(ports) = &r.ports {
+        if ports.is_empty() {
+            return Err(err(
+                format!("{path}.ports"),
+                "empty list (omit \"ports\" to mean any port)",
+            ));
+        }
+        if let Some(j) = ports.iter().position(|p| *p == 0) {
+            return Err(err(
+                format!("{path}.ports[{j}]"),
+                "port 0 is not a valid port",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_credential(path: &str, name: &str, spec: &CredentialSpec) -> Result<(), PolicyError> {
+    if !is_env_name(name) {
+        return Err(err(
+            path,
+            "credential names must be valid environment variable names ([A-Za-z_][A-Za-z0-9_]*)",
+        ));
+    }
+    match &spec.source {
+        SecretSource::Env(v) if !is_env_name(v) => {
+            return Err(err(
+                format!("{path}.source.env"),
+                format!("{v:?} is not a valid environment variable name"),
+            ))
+        }
+        SecretSource::File(p) if p.as_os_str().is_empty() => {
+            return Err(err(format!("{path}.source.file"), "empty path"))
+        }
+        SecretSource::Value(v) if v.is_empty() => {
+            return Err(err(format!("{path}.source.value"), "empty value"))
+        }
+        SecretSource::Value(v) if v.expose().chars().any(|c| c.is_control() && c != '\t') => {
+            return Err(err(
+                format!("{path}.source.value"),
+                "value contains control characters (not allowed in an HTTP header)",
+            ))
+        }
+        _ => {}
+    }
+    match &spec.hosts {
+        None => {
+            return Err(err(
+                format!("{path}.hosts"),
+                "required (write \"*\" to mean every host)",
+            ))
+        }
+        Some(h) if h.is_empty() => {
+            return Err(err(
+                format!("{path}.hosts"),
+                "empty list (the credential could never be used; write \"*\" to mean every host)",
+            ))
+        }
+        _ => {}
+    }
+    if let Some(ph) = &spec.placeholder {
+        if ph.is_empty() {
+            return Err(err(format!("{path}.placeholder"), "must not be empty"));
+        }
+        if ph.len() < MIN_PLACEHOLDER_LEN {
+            return Err(err(
+                format!("{path}.placeholder"),
+                format!("must be at least {MIN_PLACEHOLDER_LEN} characters"),
+            ));
+        }
+        if !ph.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(err(
+                format!("{path}.placeholder"),
+                "must be printable ASCII without spaces",
+            ));
+        }
+    }
+    if spec.locations.is_empty() {
+        return Err(err(
+            format!("{path}.in"),
+            "empty list (omit \"in\" to mean [\"headers\"])",
+        ));
+    }
+    for (i, rule) in spec.inject.iter().enumerate() {
+        let ipath = format!("{path}.inject[{i}]");
+        let hn = http::HeaderName::from_bytes(rule.header.as_bytes()).map_err(|_| {
+            err(
+                format!("{ipath}.header"),
+                format!("{:?} is not a valid HTTP header name", rule.header),
+            )
+        })?;
+        if FORBIDDEN_INJECT_HEADERS.contains(&hn.as_str()) {
+            return Err(err(
+                format!("{ipath}.header"),
+                format!(
+                    "{:?} may not be injected (framing/routing header)",
+                    rule.header
+                ),
+            ));
+        }
+        if spec.inject[..i]
+            .iter()
+            .any(|o| o.header.eq_ignore_ascii_case(&rule.header))
+        {
+            return Err(err(
+                format!("{ipath}.header"),
+                format!("{:?} is injected twice by this credential", rule.header),
+            ));
+        }
+        if !rule.format.contains("${value}") {
+            return Err(err(format!("{ipath}.format"), "must contain ${value}"));
+        }
+        if rule.format.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(err(
+                format!("{ipath}.format"),
+                "contains control characters (not allowed in an HTTP header)",
+            ));
+        }
+    }
+    Ok(())
 }

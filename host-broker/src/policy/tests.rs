@@ -1,0 +1,360 @@
+//! Tests of parsing, validation and egress decisions.
+
+use std::net::SocketAddr;
+
+use super::*;
+
+fn json(s: &str) -> Policy {
+    Policy::from_json_str(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn json_err(s: &str) -> String {
+    Policy::from_json_str(s).unwrap_err().to_string()
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+const DESIGN_EXAMPLE: &str = r#"{
+  "egress": {
+    "default": "deny",
+    "allow": [ {"hosts": ["api.openai.com", "*.anthropic.com"], "ports": [443]},
+               {"cidrs": ["10.20.0.0/16"], "ports": [5432]} ],
+    "deny":  [ {"hosts": ["*.internal.example.com"]} ],
+    "private_networks": "deny"
+  },
+  "credentials": {
+    "OPENAI_API_KEY": {
+      "source": {"env": "OPENAI_API_KEY"},
+      "hosts": ["api.openai.com"],
+      "placeholder": "mock-OPENAI_API_KEY",
+      "in": ["headers"],
+      "inject": [{"header": "Authorization", "format": "Bearer ${value}"}],
+      "on_violation": "block"
+    }
+  },
+  "env": {"LOG_LEVEL": "debug"}
+}"#;
+
+#[test]
+fn design_example_parses_and_defaults_apply() {
+    let p = json(DESIGN_EXAMPLE);
+    assert_eq!(p.egress.allow.len(), 2);
+    assert_eq!(p.intercept, InterceptMode::Always);
+    let empty = json("{}");
+    assert_eq!(empty.egress.default, DefaultAction::Deny);
+    assert_eq!(empty.egress.private_networks, PrivateNetworks::Deny);
+    let c = json(r#"{"credentials": {"K": {"source": {"env": "K"}, "hosts": ["*"]}}}"#);
+    let k = &c.credentials["K"];
+    assert_eq!(k.placeholder_for("K"), "mock-K");
+    assert_eq!(k.locations, vec![Location::Headers]);
+    assert_eq!(k.on_violation, OnViolation::Block);
+}
+
+#[test]
+fn toml_parses_same_shape() {
+    let p = Policy::from_toml_str(
+        r#"
+        [egress]
+        default = "deny"
+        [[egress.allow]]
+        hosts = ["api.openai.com"]
+        ports = [443]
+        [credentials.OPENAI_API_KEY]
+        source = { env = "OPENAI_API_KEY" }
+        hosts = ["api.openai.com"]
+        inject = [{ header = "Authorization", format = "Bearer ${value}" }]
+        [resolve]
+        "api.openai.com" = "127.0.0.1:8443"
+        "#,
+    )
+    .unwrap();
+    assert!(p.check_name("api.openai.com", 443).is_ok());
+    assert_eq!(
+        p.resolve_override("api.openai.com"),
+        Some(sa("127.0.0.1:8443"))
+    );
+}
+
+#[test]
+fn errors_name_the_field_path() {
+    let e =
+        json_err(r#"{"egress": {"allow": [{"hosts": ["a.com"]}, {"cidrs": ["10.0.0.0/33"]}]}}"#);
+    assert!(
+        e.starts_with(r#"egress.allow[1].cidrs[0]: invalid CIDR "10.0.0.0/33""#),
+        "{e}"
+    );
+    let e = json_err(r#"{"credentials": {"X": {"source": {"env": "X"}}}}"#);
+    assert_eq!(
+        e,
+        r#"credentials.X.hosts: required (write "*" to mean every host)"#
+    );
+    let e = json_err(r#"{"egress": {"allow": [{"hostz": ["a.com"]}]}}"#);
+    assert!(
+        e.starts_with("egress.allow[0]") && e.contains("hostz"),
+        "{e}"
+    );
+    let e = json_err(r#"{"egress": {"deny": [{"hosts": ["a.*.com"]}]}}"#);
+    assert!(
+        e.starts_with("egress.deny[0].hosts[0]: invalid host pattern"),
+        "{e}"
+    );
+    let e = json_err(r#"{"egress": {"default": "maybe"}}"#);
+    assert!(e.starts_with("egress.default: unknown variant"), "{e}");
+    let toml_e = Policy::from_toml_str("[egress]\nallow = [{ cidrs = [\"300.0.0.0/8\"] }]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(toml_e.starts_with("egress.allow[0].cidrs[0]"), "{toml_e}");
+    assert!(toml_e.contains(r#"invalid CIDR "300.0.0.0/8""#), "{toml_e}");
+}
+
+#[test]
+fn credential_validation() {
+    let cases = [
+        (
+            r#"{"A": {"source": {"env": "A"}, "hosts": ["*"], "placeholder": "same-ph"},
+                "B": {"source": {"env": "B"}, "hosts": ["*"], "placeholder": "same-ph"}}"#,
+            "credentials.B.placeholder: \"same-ph\" is also the placeholder of credentials.A",
+        ),
+        (
+            r#"{"A": {"source": {"env": "A"}, "hosts": ["*"], "placeholder": ""}}"#,
+            "credentials.A.placeholder: must not be empty",
+        ),
+        (
+            r#"{"A": {"source": {"env": "A"}, "hosts": ["*"],
+                "inject": [{"header": "Bad Header", "format": "${value}"}]}}"#,
+            "credentials.A.inject[0].header: \"Bad Header\" is not a valid HTTP header name",
+        ),
+        (
+            r#"{"A": {"source": {"env": "A"}, "hosts": ["*"],
+                "inject": [{"header": "Authorization", "format": "Bearer"}]}}"#,
+            "credentials.A.inject[0].format: must contain ${value}",
+        ),
+        (
+            r#"{"A": {"source": {"env": "A"}, "hosts": []}}"#,
+            "credentials.A.hosts: empty list",
+        ),
+        (
+            r#"{"A-B": {"source": {"env": "A"}, "hosts": ["*"]}}"#,
+            "credentials.A-B: credential names must be valid environment variable names",
+        ),
+        (
+            r#"{"A": {"source": {"value": ""}, "hosts": ["*"]}}"#,
+            "credentials.A.source.value: empty value",
+        ),
+        (
+            r#"{"A": {"source": {"env": "A"}, "hosts": ["*"], "in": []}}"#,
+            "credentials.A.in: empty list",
+        ),
+        (
+            r#"{"A": {"source": {"env": "A"}, "hosts": ["*"],
+                "inject": [{"header": "Host", "format": "${value}"}]}}"#,
+            "credentials.A.inject[0].header: \"Host\" may not be injected",
+        ),
+    ];
+    for (creds, want) in cases {
+        let e = json_err(&format!(r#"{{"credentials": {creds}}}"#));
+        assert!(e.starts_with(want), "got {e:?}, want prefix {want:?}");
+    }
+    // Default placeholders collide with an explicit one.
+    let e = json_err(
+        r#"{"credentials": {"A": {"source": {"env": "A"}, "hosts": ["*"]},
+            "B": {"source": {"env": "B"}, "hosts": ["*"], "placeholder": "mock-A"}}}"#,
+    );
+    assert!(e.starts_with("credentials.B.placeholder"), "{e}");
+    let e = json_err(
+        r#"{"credentials": {"A": {"source": {"env": "A"}, "hosts": ["*"]}}, "env": {"A": "x"}}"#,
+    );
+    assert!(e.starts_with("env.A: conflicts with credentials.A"), "{e}");
+}
+
+#[test]
+fn inline_value_never_in_errors_or_debug() {
+    let canary = "canary-c4a7e1f0";
+    let p = json(&format!(
+        r#"{{"credentials": {{"A": {{"source": {{"value": "{canary}"}}, "hosts": ["*"]}}}}}}"#
+    ));
+    assert!(!format!("{p:?}").contains(canary));
+    assert!(!format!("{p:#?}").contains(canary));
+    assert!(!summarize(&p).contains(canary));
+    let e = json_err(&format!(
+        r#"{{"credentials": {{"A": {{"source": {{"value": "{canary}"}}}}}}}}"#
+    ));
+    assert!(!e.contains(canary), "{e}");
+    let e = json_err(&format!(
+        r#"{{"credentials": {{"A": {{"source": {{"value": "{canary}"}}, "hosts": ["*"], "extra": 1}}}}}}"#
+    ));
+    assert!(!e.contains(canary), "{e}");
+}
+
+#[test]
+fn name_rules_allow_deny_default() {
+    let p = json(DESIGN_EXAMPLE);
+    assert!(p.check_name("api.openai.com", 443).is_ok());
+    assert!(p.check_name("API.OpenAI.com.", 443).is_ok());
+    assert!(p.check_name("api.openai.com", 80).is_err());
+    assert!(p.check_name("x.anthropic.com", 443).is_ok());
+    assert!(p.check_name("anthropic.com", 443).is_err());
+    assert!(p.check_name("evil-anthropic.com", 443).is_err());
+    assert!(p.check_name("anthropic.com.evil.net", 443).is_err());
+    let d = p.check_name("example.org", 443).unwrap_err();
+    assert_eq!(
+        d.reason,
+        "example.org:443 is not allowed by egress.allow (default deny)"
+    );
+    // CIDR-only rule on 5432 defers to the address check.
+    assert!(p.check_name("db.corp", 5432).is_ok());
+    assert!(p.check_addr("db.corp", sa("10.20.1.5:5432")).is_ok());
+    assert!(p.check_addr("db.corp", sa("10.21.1.5:5432")).is_err());
+    assert!(p.check_addr("db.corp", sa("10.20.1.5:5433")).is_err());
+    assert!(p.check_name("bad..name", 443).is_err());
+}
+
+#[test]
+fn deny_wins_over_allow() {
+    let p = json(
+        r#"{"egress": {"default": "allow",
+            "allow": [{"hosts": ["*.example.com"]}, {"cidrs": ["10.0.0.0/8"]}],
+            "deny": [{"hosts": ["secret.example.com"]}, {"cidrs": ["10.9.0.0/16"]}]}}"#,
+    );
+    let d = p.check_name("secret.example.com", 443).unwrap_err();
+    assert_eq!(
+        d.reason,
+        "secret.example.com:443 is denied by egress.deny[0]"
+    );
+    assert!(p.check_name("api.example.com", 443).is_ok());
+    assert!(p.check_addr("x", sa("10.1.0.1:443")).is_ok());
+    let d = p.check_addr("x", sa("10.9.0.1:443")).unwrap_err();
+    assert!(d.reason.contains("egress.deny[1]"), "{d}");
+}
+
+#[test]
+fn private_networks_denied_unless_explicit() {
+    let p = json(r#"{"egress": {"default": "allow"}}"#);
+    for ip in [
+        "127.0.0.1",
+        "10.0.0.5",
+        "172.16.3.4",
+        "192.168.0.1",
+        "169.254.169.254",
+        "100.64.1.1",
+        "0.0.0.0",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "[fe80::1]",
+        "[fd00::1]",
+        "[64:ff9b::a00:1]",
+    ] {
+        assert!(p.check_name(ip, 443).is_err(), "{ip} must be refused");
+        let addr: SocketAddr = format!("{ip}:443").parse().unwrap();
+        assert!(p.check_addr("api.example.com", addr).is_err(), "{ip}");
+    }
+    let d = p
+        .check_addr("api.example.com", sa("10.0.0.5:443"))
+        .unwrap_err();
+    assert!(
+        d.reason.starts_with(
+            "api.example.com resolves to 10.0.0.5 (private network, RFC 1918); \
+             denied by egress.private_networks"
+        ),
+        "{d}"
+    );
+    assert!(p
+        .check_addr("api.example.com", sa("93.184.216.34:443"))
+        .is_ok());
+
+    // Explicit CIDR allow opens exactly that range; hosts rules do not.
+    let p = json(
+        r#"{"egress": {"allow": [{"hosts": ["*"]}, {"cidrs": ["127.0.0.1/32"], "ports": [8443]}]}}"#,
+    );
+    assert!(p.check_addr("up.test", sa("127.0.0.1:8443")).is_ok());
+    assert!(p.check_addr("up.test", sa("127.0.0.2:8443")).is_err());
+    assert!(p.check_addr("up.test", sa("127.0.0.1:8444")).is_err());
+    assert!(p
+        .check_addr("up.test", sa("[::ffff:127.0.0.1]:8443"))
+        .is_ok());
+    assert!(p.check_addr("up.test", sa("10.0.0.1:8443")).is_err());
+
+    let p = json(r#"{"egress": {"default": "allow", "private_networks": "allow"}}"#);
+    assert!(p.check_addr("x", sa("10.0.0.5:443")).is_ok());
+}
+
+#[tokio::test]
+async fn resolve_target_uses_override_and_checks_it() {
+    let p = json(
+        r#"{"egress": {"allow": [{"hosts": ["api.test"], "ports": [443]}]},
+            "resolve": {"api.test": "127.0.0.1:8443"}}"#,
+    );
+    let d = resolve_target(&p, "api.test", 443).await.unwrap_err();
+    assert!(d.reason.contains("loopback"), "{d}");
+    let p = json(
+        r#"{"egress": {"allow": [{"hosts": ["api.test"], "ports": [443]},
+                                  {"cidrs": ["127.0.0.1/32"], "ports": [443]}]},
+            "resolve": {"API.test.": "127.0.0.1:8443"}}"#,
+    );
+    assert_eq!(
+        resolve_target(&p, "api.test", 443).await.unwrap(),
+        sa("127.0.0.1:8443")
+    );
+    // Ports match the port the guest requested (443), not the override's port (8443).
+    assert!(resolve_target(&p, "api.test", 80).await.is_err());
+    assert!(resolve_target(&p, "other.test", 443).await.is_err());
+}
+
+#[tokio::test]
+async fn dns_answer_pointing_at_private_ip_is_refused() {
+    // "localhost" resolves through /etc/hosts to loopback without any network access.
+    let p = json(r#"{"egress": {"default": "allow"}}"#);
+    let d = resolve_target(&p, "localhost", 80).await.unwrap_err();
+    assert!(
+        d.reason.starts_with("localhost resolves to ") && d.reason.contains("(loopback)"),
+        "{d}"
+    );
+    let p = json(r#"{"egress": {"default": "allow", "private_networks": "allow"}}"#);
+    let a = resolve_target(&p, "localhost", 80).await.unwrap();
+    assert!(a.ip().is_loopback() && a.port() == 80);
+}
+
+#[tokio::test]
+async fn ip_literal_targets() {
+    let p = json(r#"{"egress": {"allow": [{"hosts": ["[::1]"], "ports": [8080]}]}}"#);
+    assert_eq!(
+        resolve_target(&p, "[::1]", 8080).await.unwrap(),
+        sa("[::1]:8080")
+    );
+    assert!(resolve_target(&p, "::1", 8081).await.is_err());
+    let p = json(r#"{"egress": {"default": "allow"}}"#);
+    let d = resolve_target(&p, "169.254.169.254", 80).await.unwrap_err();
+    assert!(d.reason.contains("cloud metadata"), "{d}");
+}
+
+#[test]
+fn from_path_by_extension() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("p.json");
+    std::fs::write(&j, DESIGN_EXAMPLE).unwrap();
+    assert!(Policy::from_path(&j).is_ok());
+    let t = dir.path().join("p.toml");
+    std::fs::write(&t, "[egress]\ndefault = \"nope\"\n").unwrap();
+    let e = Policy::from_path(&t).unwrap_err().to_string();
+    assert!(e.contains("p.toml: egress.default"), "{e}");
+    let y = dir.path().join("p.yaml");
+    std::fs::write(&y, "").unwrap();
+    assert!(matches!(
+        Policy::from_path(&y),
+        Err(PolicyError::UnknownFormat { .. })
+    ));
+}
+
+#[test]
+fn summary_lists_names_hosts_rules() {
+    let s = summarize(&json(DESIGN_EXAMPLE));
+    assert!(s.contains("OPENAI_API_KEY"), "{s}");
+    assert!(s.contains("api.openai.com"), "{s}");
+    assert!(s.contains("cidrs 10.20.0.0/16; ports 5432"), "{s}");
+    assert!(
+        s.contains("deny[0]: hosts *.internal.example.com; any port"),
+        "{s}"
+    );
+}
