@@ -35,3 +35,75 @@ pub struct Violation {
     pub credential: String,
     pub gate: String,
 }
+
+/// A gate that did not hold, in evaluation order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gate {
+    TlsVerified,
+    Authority,
+    Hosts,
+    DialedByName,
+    Plaintext,
+}
+
+impl Gate {
+    /// Stable name used in [`Violation::gate`] and audit events.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Gate::TlsVerified => "tls_verified",
+            Gate::Authority => "authority",
+            Gate::Hosts => "hosts",
+            Gate::DialedByName => "dialed_by_name",
+            Gate::Plaintext => "plaintext",
+        }
+    }
+
+    /// Why the gate failed, for the guest-readable reason.
+    pub(crate) fn why(self) -> &'static str {
+        match self {
+            Gate::TlsVerified => {
+                "the connection is not TLS-intercepted with a verified upstream certificate"
+            }
+            Gate::Authority => "the request authority does not match the TLS/CONNECT host",
+            Gate::Hosts => "not in its hosts",
+            Gate::DialedByName => {
+                "the target is not a host name the broker resolved itself (IP-literal targets \
+                 never receive named credentials)"
+            }
+            Gate::Plaintext => "plaintext HTTP never carries real credentials",
+        }
+    }
+}
+
+impl GateContext<'_> {
+    /// The first failing gate for a credential whose `hosts` are `hosts`, if any.
+    pub(crate) fn first_failure(&self, hosts: &[crate::policy::HostPattern]) -> Option<Gate> {
+        if !self.tls_verified {
+            Some(Gate::TlsVerified)
+        } else if !self.authority_matches {
+            Some(Gate::Authority)
+        } else if !hosts.iter().any(|p| p.matches(self.target_host)) {
+            Some(Gate::Hosts)
+        } else if !self.dialed_by_name {
+            Some(Gate::DialedByName)
+        } else {
+            None
+        }
+    }
+}
+
+/// Builds the readable block reason from violations (credential names and gates only).
+pub(crate) fn block_reason(target_host: &str, violations: &[(String, Gate)]) -> String {
+    let mut parts = violations.iter().map(|(name, gate)| {
+        format!(
+            "credential {name} may not be sent to {target_host} ({})",
+            gate.why()
+        )
+    });
+    let mut s = parts.next().unwrap_or_default();
+    for p in parts {
+        s.push_str("; ");
+        s.push_str(&p);
+    }
+    s
+}

@@ -1,58 +1,267 @@
-//! Loading a [`CredentialSet`] from a policy.
+//! Loading a [`CredentialSet`] from a policy and building its automata.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use zeroize::Zeroizing;
 
 use super::env::EnvSource;
 use super::error::CredentialError;
-use super::gate::{GateContext, Verdict};
-use crate::policy::Policy;
+use super::scrub::Scrubber;
+use super::value::SecretValue;
+use crate::policy::{HostPattern, InjectRule, Location, OnViolation, Policy, SecretSource};
+
+/// Values shorter than this are accepted but warned about: scrubbing replaces every
+/// occurrence, and short values occur by chance in ordinary responses.
+const SHORT_VALUE_WARN: usize = 8;
+
+/// One loaded credential.
+pub(crate) struct Credential {
+    pub(crate) name: String,
+    pub(crate) placeholder: String,
+    pub(crate) value: SecretValue,
+    pub(crate) hosts: Vec<HostPattern>,
+    pub(crate) in_headers: bool,
+    pub(crate) inject: Vec<InjectRule>,
+    pub(crate) on_violation: OnViolation,
+}
 
 /// Real values for one policy version plus the automata used to find placeholders and values.
-pub struct CredentialSet {}
+/// Build once per policy version and share it behind an `Arc`.
+pub struct CredentialSet {
+    pub(crate) creds: Vec<Credential>,
+    /// One automaton over every placeholder form; `placeholder_owner[pattern] = credential`.
+    pub(crate) placeholders: AhoCorasick,
+    pub(crate) placeholder_owner: Vec<usize>,
+    /// One automaton over every real value form, shared with body scrubbers.
+    pub(crate) values: Arc<AhoCorasick>,
+    /// Replacement (placeholder in the same encoding) for each value pattern.
+    pub(crate) value_replacements: Arc<[Vec<u8>]>,
+    pub(crate) max_value_pattern_len: usize,
+}
 
 impl std::fmt::Debug for CredentialSet {
+    // Never print the automata: they contain the real values.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CredentialSet").finish_non_exhaustive()
+        f.debug_struct("CredentialSet")
+            .field(
+                "credentials",
+                &self.creds.iter().map(|c| &c.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
     }
 }
 
+fn load_value(
+    name: &str,
+    source: &SecretSource,
+    env: &dyn EnvSource,
+) -> Result<(SecretValue, String), CredentialError> {
+    match source {
+        SecretSource::Env(var) => {
+            let v = env.var(var).ok_or_else(|| CredentialError::MissingEnv {
+                credential: name.to_string(),
+                var: var.clone(),
+            })?;
+            Ok((SecretValue::new(v), format!("env {var}")))
+        }
+        SecretSource::File(p) => {
+            let path = file_path(p, env);
+            let shown = path.display().to_string();
+            let bytes =
+                Zeroizing::new(
+                    std::fs::read(&path).map_err(|source| CredentialError::File {
+                        credential: name.to_string(),
+                        path: shown.clone(),
+                        source,
+                    })?,
+                );
+            let mut s = String::from_utf8(bytes.to_vec()).map_err(|e| {
+                let mut raw = e.into_bytes();
+                zeroize::Zeroize::zeroize(&mut raw);
+                CredentialError::NotUtf8 {
+                    credential: name.to_string(),
+                    from: format!("file {shown}"),
+                }
+            })?;
+            // Trim exactly one trailing newline (`echo` and most editors add one).
+            if s.ends_with("\r\n") {
+                s.truncate(s.len() - 2);
+            } else if s.ends_with('\n') {
+                s.truncate(s.len() - 1);
+            }
+            Ok((SecretValue::new(s), format!("file {shown}")))
+        }
+        SecretSource::Value(v) => Ok((v.clone(), "inline value".to_string())),
+    }
+}
+
+/// Relative paths are taken under `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`) when it
+/// is set, else relative to the working directory.
+fn file_path(p: &Path, env: &dyn EnvSource) -> PathBuf {
+    if p.is_relative() {
+        if let Some(dir) = env.var("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
+            return Path::new(&dir).join(p);
+        }
+    }
+    p.to_path_buf()
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    for &b in s {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+/// The forms of a string searched for: (form of the real value, same form of the placeholder).
+fn forms(value: &[u8], placeholder: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut v: Vec<(Vec<u8>, Vec<u8>)> = vec![(value.to_vec(), placeholder.to_vec())];
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+        v.push((
+            engine.encode(value).into_bytes(),
+            engine.encode(placeholder).into_bytes(),
+        ));
+    }
+    v.push((percent_encode(value), percent_encode(placeholder)));
+    let mut seen = std::collections::BTreeSet::new();
+    v.retain(|(f, _)| seen.insert(f.clone()));
+    v
+}
+
 impl CredentialSet {
-    /// Loads every credential's value. Errors name the credential and source, never a value.
+    /// Loads every credential's value and builds the automata. Errors name the credential
+    /// and the source, never a value. The policy should already be validated.
     pub fn load(policy: &Policy, env: &dyn EnvSource) -> Result<CredentialSet, CredentialError> {
-        let _ = (policy, env);
-        todo!()
+        let mut creds = Vec::with_capacity(policy.credentials.len());
+        for (name, spec) in &policy.credentials {
+            let (value, from) = load_value(name, &spec.source, env)?;
+            if value.is_empty() {
+                return Err(CredentialError::Empty {
+                    credential: name.clone(),
+                    from,
+                });
+            }
+            if value.expose().chars().any(|c| c.is_control() && c != '\t') {
+                return Err(CredentialError::ControlChars {
+                    credential: name.clone(),
+                    from,
+                });
+            }
+            if value.len() < SHORT_VALUE_WARN {
+                tracing::warn!(
+                    credential = %name,
+                    "credential value is shorter than {SHORT_VALUE_WARN} bytes; response \
+                     scrubbing may replace unrelated text"
+                );
+            }
+            let Some(hosts) = spec.hosts.clone() else {
+                return Err(CredentialError::Invalid {
+                    credential: name.clone(),
+                    message: "hosts is required".into(),
+                });
+            };
+            creds.push(Credential {
+                name: name.clone(),
+                placeholder: spec.placeholder_for(name),
+                value,
+                hosts,
+                in_headers: spec.locations.contains(&Location::Headers),
+                inject: spec.inject.clone(),
+                on_violation: spec.on_violation,
+            });
+        }
+        Self::build(creds)
     }
 
-    /// Placeholder env for the guest: NAME -> placeholder.
+    fn build(creds: Vec<Credential>) -> Result<CredentialSet, CredentialError> {
+        let automaton_err = |e: aho_corasick::BuildError| CredentialError::Invalid {
+            credential: "(all)".into(),
+            message: format!("cannot build search automaton: {e}"),
+        };
+        // Placeholders: raw and base64 (alignment 0) forms; percent/JSON forms are found by
+        // decoding the header value first (see headers.rs).
+        let mut ph_patterns: Vec<Vec<u8>> = Vec::new();
+        let mut placeholder_owner = Vec::new();
+        for (i, c) in creds.iter().enumerate() {
+            let p = c.placeholder.as_bytes();
+            ph_patterns.push(p.to_vec());
+            placeholder_owner.push(i);
+            for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+                let enc = engine.encode(p).into_bytes();
+                if enc != p {
+                    ph_patterns.push(enc);
+                    placeholder_owner.push(i);
+                }
+            }
+        }
+        let placeholders = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&ph_patterns)
+            .map_err(automaton_err)?;
+
+        let mut value_patterns: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+        let mut replacements = Vec::new();
+        for c in &creds {
+            for (form, repl) in forms(c.value.expose().as_bytes(), c.placeholder.as_bytes()) {
+                value_patterns.push(Zeroizing::new(form));
+                replacements.push(repl);
+            }
+        }
+        let max_value_pattern_len = value_patterns.iter().map(|p| p.len()).max().unwrap_or(0);
+        let values = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(value_patterns.iter().map(|p| p.as_slice()))
+            .map_err(automaton_err)?;
+        Ok(CredentialSet {
+            creds,
+            placeholders,
+            placeholder_owner,
+            values: Arc::new(values),
+            value_replacements: replacements.into(),
+            max_value_pattern_len,
+        })
+    }
+
+    /// Placeholder env for the guest: NAME -> placeholder (default `mock-<NAME>`).
     pub fn guest_env(&self) -> BTreeMap<String, String> {
-        todo!()
-    }
-
-    /// Header substitution for one request under the four gates.
-    pub fn apply_request_headers(&self, headers: &mut http::HeaderMap, ctx: &GateContext) -> Verdict {
-        let _ = (headers, ctx);
-        todo!()
-    }
-
-    /// Plain HTTP request: never substitutes; placeholder present => violation.
-    pub fn check_plaintext_headers(&self, headers: &http::HeaderMap, ctx: &GateContext) -> Verdict {
-        let _ = (headers, ctx);
-        todo!()
-    }
-
-    /// Replaces real values (and base64 forms) in response headers by their placeholder.
-    pub fn scrub_response_headers(&self, headers: &mut http::HeaderMap) -> usize {
-        let _ = headers;
-        todo!()
+        self.creds
+            .iter()
+            .map(|c| (c.name.clone(), c.placeholder.clone()))
+            .collect()
     }
 
     /// Whether the policy has no credentials.
     pub fn is_empty(&self) -> bool {
-        todo!()
+        self.creds.is_empty()
     }
 
-    /// A streaming scrubber for bodies.
-    pub fn scrubber(&self) -> super::scrub::Scrubber {
-        todo!()
+    /// Credential names, in policy order.
+    pub fn names(&self) -> Vec<String> {
+        self.creds.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// A streaming scrubber for response bodies (shares this set's value automaton).
+    pub fn scrubber(&self) -> Scrubber {
+        Scrubber::new(
+            self.values.clone(),
+            self.value_replacements.clone(),
+            self.max_value_pattern_len,
+        )
+    }
+
+    /// Number of patterns in the placeholder automaton (tests, metrics).
+    pub fn placeholder_pattern_count(&self) -> usize {
+        self.placeholders.patterns_len()
     }
 }
