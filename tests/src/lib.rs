@@ -19,6 +19,7 @@ pub mod error;
 pub mod gate;
 pub mod image;
 pub mod platform;
+pub mod scenario;
 pub mod upstream;
 pub mod vm;
 

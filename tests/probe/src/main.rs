@@ -5,7 +5,7 @@
 //! `SSL_CERT_FILE` (what the guest agent installs and exports), so the request only succeeds
 //! when the agent's CA install and proxy variables are right. It never disables verification.
 //!
-//! Usage: `sluice-probe https://HOST[:PORT]/PATH [-H 'Name: value']...`
+//! Usage: `sluice-probe https://HOST[:PORT]/PATH [-H 'Name: value']... [--auth-env NAME]`
 //! Prints `probe: status=<code>`, the response headers and the body; exits 0 when the
 //! request completed (any HTTP status), 2 on usage errors, 1 on any other failure.
 
@@ -60,7 +60,16 @@ fn parse_args(args: &[String]) -> Result<Request, ProbeError> {
     let mut headers = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        if arg == "-H" {
+        if arg == "--auth-env" {
+            // `Authorization: Bearer $NAME`, read from the environment the agent set up:
+            // keeps the kernel command line free of spaces and proves the placeholder arrived.
+            let name = it
+                .next()
+                .ok_or_else(|| ProbeError::Usage("--auth-env needs a variable name".into()))?;
+            let value = std::env::var(name)
+                .map_err(|_| ProbeError::Usage(format!("environment variable {name} not set")))?;
+            headers.push(format!("Authorization: Bearer {value}"));
+        } else if arg == "-H" {
             let h = it
                 .next()
                 .ok_or_else(|| ProbeError::Usage("-H needs a value".into()))?;
@@ -161,8 +170,7 @@ fn run(req: &Request) -> Result<(), ProbeError> {
     .with_no_client_auth();
     let name = rustls::pki_types::ServerName::try_from(req.host.clone())
         .map_err(|e| ProbeError::Usage(format!("bad host name: {e}")))?;
-    let conn =
-        rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| fail("TLS", e))?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| fail("TLS", e))?;
     let tcp = connect(&req.host, req.port)?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let mut head = format!(

@@ -1,0 +1,300 @@
+//! End-to-end tests: real VMs (see tests/src), the real broker, the real agent.
+//!
+//! One VM at a time (the harness serialises them); each test combines the checks that share a
+//! boot. With `CI=true` a machine that cannot boot VMs fails these tests instead of skipping.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sluice_e2e::broker::PLACEHOLDER;
+use sluice_e2e::gate::vm_test;
+use sluice_e2e::image::InitrdSpec;
+use sluice_e2e::scenario::{Scenario, ScenarioSpec};
+
+/// Upper bounds, not expectations: TCG boots take seconds, systemd ones tens of seconds.
+const INITRD_BOOT: Duration = Duration::from_secs(120);
+const DEBIAN_RUN: Duration = Duration::from_secs(300);
+const SYSTEMD_RUN: Duration = Duration::from_secs(420);
+
+fn guest_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("guest")
+        .join(name)
+}
+
+/// The canary (real value) must not appear in anything the guest printed or received.
+fn assert_no_leak(s: &Scenario) {
+    assert!(
+        !s.console().contains(&s.canary),
+        "the real credential value appeared on the guest console"
+    );
+}
+
+fn bearer(s: &Scenario) -> String {
+    format!("Bearer {}", s.canary)
+}
+
+#[tokio::test]
+async fn exec_initrd_only_static_client_gets_the_swap() -> anyhow::Result<()> {
+    let Some(env) = vm_test("exec_initrd_only_static_client_gets_the_swap").await else {
+        return Ok(());
+    };
+    let spec = ScenarioSpec {
+        name: "exec-initrd".into(),
+        initrd: InitrdSpec::new().file(&env.artifacts.probe, "/sluice/sluice-probe", 0o755),
+        cmdline: "sluice.mode=exec -- /sluice/sluice-probe https://api.example.com/v1/probe \
+                  --auth-env API_KEY"
+            .into(),
+        debian_root: false,
+        broker: true,
+        memory_mib: 512,
+    };
+    let mut s = Scenario::boot(&env.platform, &env.artifacts, spec).await?;
+    s.vm.wait_for_console("probe: status=200", INITRD_BOOT)
+        .await?;
+    let req = s
+        .upstream
+        .wait_for_path("/v1/probe", Duration::from_secs(5))
+        .await?;
+    assert_eq!(req.header("authorization"), Some(bearer(&s).as_str()));
+    assert_eq!(req.sni.as_deref(), Some("api.example.com"));
+    assert_eq!(s.workload_exit_code(INITRD_BOOT).await?, Some(0));
+    let exit = s.wait_exit(INITRD_BOOT).await?;
+    assert_eq!(exit.agent_status, Some(0), "agent's poweroff status");
+    assert_no_leak(&s);
+    s.passed();
+    env.completed();
+    Ok(())
+}
+
+#[tokio::test]
+async fn exec_debian_root_curl_and_python_requests() -> anyhow::Result<()> {
+    let Some(env) = vm_test("exec_debian_root_curl_and_python_requests").await else {
+        return Ok(());
+    };
+    let spec = ScenarioSpec {
+        name: "exec-debian".into(),
+        initrd: InitrdSpec::new().file(guest_file("exec-debian.sh"), "/sluice/workload.sh", 0o755),
+        cmdline: "sluice.mode=exec sluice.exec=/run/sluice/workload.sh".into(),
+        debian_root: true,
+        broker: true,
+        memory_mib: 768,
+    };
+    let mut s = Scenario::boot(&env.platform, &env.artifacts, spec).await?;
+    let start = s.vm.wait_for_console("workload: start", DEBIAN_RUN).await?;
+    assert!(
+        start.ends_with(&format!("API_KEY={PLACEHOLDER}")),
+        "guest env holds the placeholder: {start}"
+    );
+    let curl =
+        s.vm.wait_for_console("workload: curl-exit=", DEBIAN_RUN)
+            .await?;
+    assert!(
+        curl.contains("curl-exit=0 out=upstream-ok /v1/curl"),
+        "{curl}"
+    );
+    let py =
+        s.vm.wait_for_console("workload: python-", DEBIAN_RUN)
+            .await?;
+    assert!(
+        py.contains("python-status=200 out=upstream-ok /v1/python"),
+        "{py}"
+    );
+    for path in ["/v1/curl", "/v1/python"] {
+        let req = s
+            .upstream
+            .wait_for_path(path, Duration::from_secs(5))
+            .await?;
+        assert_eq!(
+            req.header("authorization"),
+            Some(bearer(&s).as_str()),
+            "{path}: upstream must receive the real value"
+        );
+    }
+    assert_eq!(s.workload_exit_code(DEBIAN_RUN).await?, Some(7));
+    let exit = s.wait_exit(DEBIAN_RUN).await?;
+    assert_eq!(
+        exit.agent_status,
+        Some(7),
+        "workload status becomes the VM's"
+    );
+    assert_no_leak(&s);
+    s.passed();
+    env.completed();
+    Ok(())
+}
+
+#[tokio::test]
+async fn systemd_mode_oneshot_unit_curl() -> anyhow::Result<()> {
+    let Some(env) = vm_test("systemd_mode_oneshot_unit_curl").await else {
+        return Ok(());
+    };
+    let spec = ScenarioSpec {
+        name: "systemd".into(),
+        initrd: InitrdSpec::new()
+            .file(
+                guest_file("systemd-workload.sh"),
+                "/sluice/systemd-workload.sh",
+                0o755,
+            )
+            .file(
+                guest_file("sluice-e2e.service"),
+                "/sluice/units/sluice-e2e.service",
+                0o644,
+            ),
+        cmdline: "sluice.mode=systemd systemd.show_status=false".into(),
+        debian_root: true,
+        broker: true,
+        memory_mib: 768,
+    };
+    let mut s = Scenario::boot(&env.platform, &env.artifacts, spec).await?;
+    let env_line =
+        s.vm.wait_for_console("workload: systemd", SYSTEMD_RUN)
+            .await?;
+    assert!(
+        env_line.ends_with(&format!("API_KEY={PLACEHOLDER}")),
+        "systemd services get the placeholder env: {env_line}"
+    );
+    let curl =
+        s.vm.wait_for_console("workload: curl-exit=", SYSTEMD_RUN)
+            .await?;
+    assert!(
+        curl.contains("curl-exit=0 out=upstream-ok /v1/systemd"),
+        "{curl}"
+    );
+    let req = s
+        .upstream
+        .wait_for_path("/v1/systemd", Duration::from_secs(5))
+        .await?;
+    assert_eq!(req.header("authorization"), Some(bearer(&s).as_str()));
+    // The unit powers the VM off; systemd (not the agent) is PID 1 by then.
+    s.wait_exit(SYSTEMD_RUN).await?;
+    assert_no_leak(&s);
+    s.passed();
+    env.completed();
+    Ok(())
+}
+
+#[tokio::test]
+async fn containment_no_nic_no_direct_egress_denials_visible_no_leak() -> anyhow::Result<()> {
+    let Some(env) = vm_test("containment_no_nic_no_direct_egress_denials_visible_no_leak").await
+    else {
+        return Ok(());
+    };
+    let spec = ScenarioSpec {
+        name: "containment".into(),
+        initrd: InitrdSpec::new().file(guest_file("containment.sh"), "/sluice/workload.sh", 0o755),
+        cmdline: "sluice.mode=exec sluice.exec=/run/sluice/workload.sh".into(),
+        debian_root: true,
+        broker: true,
+        memory_mib: 768,
+    };
+    let mut s = Scenario::boot(&env.platform, &env.artifacts, spec).await?;
+    s.vm.wait_for_console("workload: done", DEBIAN_RUN).await?;
+    let exit = s.wait_exit(DEBIAN_RUN).await?;
+    assert_eq!(exit.agent_status, Some(0));
+    let console = s.console();
+    let lines: Vec<&str> = console.lines().collect();
+
+    // Only loopback inside the guest.
+    let ifaces = lines
+        .iter()
+        .find(|l| l.contains("workload: ifaces="))
+        .expect("ifaces line");
+    assert!(ifaces.trim_end().ends_with("ifaces=lo"), "{ifaces}");
+    // Direct TCP connects to IPs fail.
+    let direct: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("workload: direct "))
+        .collect();
+    assert_eq!(direct.len(), 3, "{direct:?}");
+    assert!(direct.iter().all(|l| l.contains(" failed: ")), "{direct:?}");
+
+    // A denied host: the broker's refusal and reason reach the client.
+    let has = |prefix: &str, needle: &str| {
+        lines.iter().any(|l| {
+            l.starts_with(prefix)
+                && l.to_ascii_lowercase()
+                    .contains(&needle.to_ascii_lowercase())
+        })
+    };
+    assert!(has("denied|", "< HTTP/1.1 403"), "denied host gets 403");
+    assert!(
+        has("denied|", "< x-sluice-reason:"),
+        "denied host: reason header visible"
+    );
+    // The placeholder sent to a host outside the credential's list is blocked with a reason.
+    assert!(
+        has("wrong|", "< HTTP/1.1 403"),
+        "placeholder to wrong host is refused"
+    );
+    assert!(
+        has("wrong|", "< x-sluice-reason:"),
+        "wrong host: reason header visible"
+    );
+    assert!(
+        s.upstream
+            .requests()
+            .iter()
+            .all(|r| r.path != "/v1/wrong-host"),
+        "the blocked request never reached the upstream"
+    );
+    assert!(
+        s.upstream
+            .requests()
+            .iter()
+            .all(|r| r.path == "/v1/echo-auth" || !r.contains(&s.canary)),
+        "the real value went only to the allowed request"
+    );
+    // The upstream echoes the real value it received; the guest sees only the placeholder.
+    let req = s
+        .upstream
+        .wait_for_path("/v1/echo-auth", Duration::from_secs(5))
+        .await?;
+    assert_eq!(req.header("authorization"), Some(bearer(&s).as_str()));
+    assert!(
+        has(
+            "echo|",
+            &format!("x-echo-authorization: Bearer {PLACEHOLDER}")
+        ),
+        "echoed real value is scrubbed back to the placeholder"
+    );
+    assert_no_leak(&s);
+    s.passed();
+    env.completed();
+    Ok(())
+}
+
+#[tokio::test]
+async fn broker_missing_agent_reports_and_powers_off_69() -> anyhow::Result<()> {
+    let Some(env) = vm_test("broker_missing_agent_reports_and_powers_off_69").await else {
+        return Ok(());
+    };
+    let spec = ScenarioSpec {
+        name: "no-broker".into(),
+        initrd: InitrdSpec::new().file(&env.artifacts.probe, "/sluice/sluice-probe", 0o755),
+        cmdline:
+            "sluice.mode=exec sluice.timeout=5 -- /sluice/sluice-probe https://api.example.com/"
+                .into(),
+        debian_root: false,
+        broker: false,
+        memory_mib: 512,
+    };
+    let mut s = Scenario::boot(&env.platform, &env.artifacts, spec).await?;
+    let exit = s.wait_exit(INITRD_BOOT).await?;
+    assert_eq!(exit.agent_status, Some(69), "EX_UNAVAILABLE");
+    let console = s.console().to_ascii_lowercase();
+    assert!(
+        console.lines().any(|l| l.contains("sluice-agent:")
+            && l.contains("broker")
+            && !l.contains("powering off")),
+        "the agent says the broker is missing"
+    );
+    assert!(
+        !console.contains("probe: "),
+        "the workload must not run without a broker"
+    );
+    s.passed();
+    env.completed();
+    Ok(())
+}
