@@ -1,0 +1,145 @@
+//! The control stream: reach the broker, say hello, get the GuestConfig.
+//!
+//! The broker may come up after the VM (it is registered by a VMM manager), so connecting
+//! retries with exponential backoff, telling the console, until `sluice.timeout`.
+
+use std::time::{Duration, Instant};
+
+use shared_proto::{
+    AgentHello, AgentMessage, BootMode, BrokerMessage, GuestConfig, ProtoError, StreamHeader,
+    StreamKind, WorkloadExit, PROTOCOL_VERSION,
+};
+use tracing::{info, warn};
+
+use crate::endpoint::{BoxedIo, Endpoint};
+
+/// How the control conversation failed; each maps to a documented exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker at {endpoint} unreachable for {secs} s (last error: {last})")]
+    Unreachable {
+        endpoint: String,
+        secs: u64,
+        last: String,
+    },
+    #[error("broker refused this guest: {0}")]
+    Refused(String),
+    #[error("broker protocol error: {0}")]
+    Protocol(#[from] ProtoError),
+    #[error("broker sent {0} where a config was expected")]
+    Unexpected(&'static str),
+    #[error("broker did not answer within {0} s")]
+    Timeout(u64),
+}
+
+/// An open control stream after a successful hello.
+pub struct Control {
+    io: BoxedIo,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").finish_non_exhaustive()
+    }
+}
+
+/// Connects with backoff until `timeout` has passed since the first attempt.
+pub async fn connect_with_backoff(
+    endpoint: &Endpoint,
+    timeout: Duration,
+) -> Result<BoxedIo, BrokerError> {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let remaining = timeout.saturating_sub(start.elapsed());
+        let last = match tokio::time::timeout(remaining, endpoint.connect()).await {
+            Ok(Ok(io)) => return Ok(io),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "connect timed out".to_string(),
+        };
+        let remaining = timeout.saturating_sub(start.elapsed());
+        if remaining.is_zero() {
+            return Err(BrokerError::Unreachable {
+                endpoint: endpoint.to_string(),
+                secs: timeout.as_secs(),
+                last,
+            });
+        }
+        if attempt == 1 || attempt % 5 == 0 {
+            warn!(
+                "waiting for the broker at {endpoint} ({last}); retrying for {} s more",
+                remaining.as_secs()
+            );
+        }
+        tokio::time::sleep(delay.min(remaining)).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Opens the control stream and exchanges hello -> config, all within `timeout`.
+pub async fn fetch_config(
+    endpoint: &Endpoint,
+    mode: BootMode,
+    timeout: Duration,
+) -> Result<(Control, GuestConfig), BrokerError> {
+    let start = Instant::now();
+    let io = connect_with_backoff(endpoint, timeout).await?;
+    let remaining = timeout
+        .saturating_sub(start.elapsed())
+        .max(Duration::from_secs(5));
+    tokio::time::timeout(remaining, hello(io, mode))
+        .await
+        .map_err(|_| BrokerError::Timeout(remaining.as_secs()))?
+}
+
+/// The hello exchange on an already connected stream.
+pub async fn hello(mut io: BoxedIo, mode: BootMode) -> Result<(Control, GuestConfig), BrokerError> {
+    let header = StreamHeader {
+        kind: StreamKind::Control,
+    };
+    shared_proto::write_stream_header(&mut io, &header).await?;
+    let msg = AgentMessage::Hello(AgentHello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        boot_mode: mode,
+    });
+    shared_proto::write_message(&mut io, &msg).await?;
+    match shared_proto::read_message::<_, BrokerMessage>(&mut io).await? {
+        BrokerMessage::Config(cfg) => {
+            info!(
+                vm_id = %cfg.vm_id,
+                cas = cfg.ca_certs_pem.len(),
+                vars = cfg.env.len(),
+                "received guest config"
+            );
+            Ok((Control { io }, cfg))
+        }
+        BrokerMessage::Refused { reason } => Err(BrokerError::Refused(reason)),
+        BrokerMessage::Ack => Err(BrokerError::Unexpected("Ack")),
+    }
+}
+
+impl Control {
+    /// Reports a message (exit status or failure) and waits for the Ack, bounded.
+    pub async fn report(&mut self, msg: AgentMessage, wait: Duration) -> Result<(), BrokerError> {
+        let secs = wait.as_secs();
+        tokio::time::timeout(wait, async {
+            shared_proto::write_message(&mut self.io, &msg).await?;
+            match shared_proto::read_message::<_, BrokerMessage>(&mut self.io).await? {
+                BrokerMessage::Ack => Ok(()),
+                BrokerMessage::Config(_) => Err(BrokerError::Unexpected("Config")),
+                BrokerMessage::Refused { reason } => Err(BrokerError::Refused(reason)),
+            }
+        })
+        .await
+        .map_err(|_| BrokerError::Timeout(secs))?
+    }
+
+    /// Reports the workload's end.
+    pub async fn workload_exited(&mut self, exit: WorkloadExit) -> Result<(), BrokerError> {
+        self.report(AgentMessage::WorkloadExited(exit), Duration::from_secs(5))
+            .await
+    }
+}
