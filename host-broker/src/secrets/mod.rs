@@ -20,3 +20,6 @@ pub use gate::{GateContext, Verdict, Violation};
 pub use scrub::Scrubber;
 pub use set::CredentialSet;
 pub use value::SecretValue;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,506 @@
+//! Tests of loading, gated substitution, violations and scrubbing.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use http::{HeaderMap, HeaderValue};
+use proptest::prelude::*;
+
+use super::*;
+use crate::policy::Policy;
+
+const CANARY: &str = "sk-canary-9d2f7b1e4a";
+const OTHER: &str = "ghp-canary-0c8e6a2d5b";
+
+fn policy(extra: &str) -> Policy {
+    Policy::from_json_str(&format!(
+        r#"{{"credentials": {{
+            "OPENAI_API_KEY": {{"source": {{"env": "OPENAI_API_KEY"}},
+                                "hosts": ["api.openai.com"] {extra}}},
+            "GH_TOKEN": {{"source": {{"env": "GH"}}, "hosts": ["*.github.com"],
+                          "on_violation": "log"}}
+        }}}}"#
+    ))
+    .unwrap()
+}
+
+fn env() -> MapEnv {
+    MapEnv::from_pairs([("OPENAI_API_KEY", CANARY), ("GH", OTHER)])
+}
+
+fn set(extra: &str) -> CredentialSet {
+    CredentialSet::load(&policy(extra), &env()).unwrap()
+}
+
+fn ok_ctx(host: &str) -> GateContext<'_> {
+    GateContext {
+        target_host: host,
+        tls_verified: true,
+        authority_matches: true,
+        dialed_by_name: true,
+    }
+}
+
+fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
+
+fn all_text(h: &HeaderMap) -> String {
+    h.iter()
+        .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+        .collect()
+}
+
+#[test]
+fn substitutes_at_allowed_host() {
+    let s = set("");
+    let mut h = hm(&[
+        ("authorization", "Bearer mock-OPENAI_API_KEY"),
+        ("x-other", "plain"),
+    ]);
+    let v = s.apply_request_headers(&mut h, &ok_ctx("api.openai.com"));
+    match v {
+        Verdict::Forward {
+            substituted,
+            logged_violations,
+        } => {
+            assert_eq!(substituted, vec!["OPENAI_API_KEY".to_string()]);
+            assert!(logged_violations.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h["authorization"], format!("Bearer {CANARY}").as_str());
+    assert!(h["authorization"].is_sensitive());
+    assert_eq!(h["x-other"], "plain");
+    assert_eq!(
+        s.guest_env().get("OPENAI_API_KEY").map(String::as_str),
+        Some("mock-OPENAI_API_KEY")
+    );
+}
+
+#[test]
+fn every_gate_failing_alone_blocks() {
+    let s = set("");
+    let base = ok_ctx("api.openai.com");
+    let cases = [
+        (
+            GateContext {
+                tls_verified: false,
+                ..base
+            },
+            "tls_verified",
+        ),
+        (
+            GateContext {
+                authority_matches: false,
+                ..base
+            },
+            "authority",
+        ),
+        (
+            GateContext {
+                target_host: "evil.example.com",
+                ..base
+            },
+            "hosts",
+        ),
+        (
+            GateContext {
+                dialed_by_name: false,
+                ..base
+            },
+            "dialed_by_name",
+        ),
+    ];
+    for (ctx, gate) in cases {
+        let mut h = hm(&[("authorization", "Bearer mock-OPENAI_API_KEY")]);
+        let before = h.clone();
+        match s.apply_request_headers(&mut h, &ctx) {
+            Verdict::Block { reason, violations } => {
+                assert_eq!(violations.len(), 1);
+                assert_eq!(violations[0].gate, gate);
+                assert_eq!(violations[0].credential, "OPENAI_API_KEY");
+                assert!(reason.starts_with(&format!(
+                    "credential OPENAI_API_KEY may not be sent to {}",
+                    ctx.target_host
+                )));
+                assert!(!reason.contains(CANARY));
+            }
+            other => panic!("gate {gate}: {other:?}"),
+        }
+        assert_eq!(h, before, "a blocked request is not modified");
+    }
+    let mut h = hm(&[("authorization", "Bearer mock-OPENAI_API_KEY")]);
+    let Verdict::Block { reason, .. } =
+        s.apply_request_headers(&mut h, &ok_ctx("evil.example.com"))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        reason,
+        "credential OPENAI_API_KEY may not be sent to evil.example.com (not in its hosts)"
+    );
+}
+
+#[test]
+fn log_mode_forwards_unchanged() {
+    let s = set("");
+    let mut h = hm(&[("x-token", "mock-GH_TOKEN")]);
+    match s.apply_request_headers(&mut h, &ok_ctx("api.openai.com")) {
+        Verdict::Forward {
+            substituted,
+            logged_violations,
+        } => {
+            assert!(substituted.is_empty());
+            assert_eq!(
+                logged_violations,
+                vec![Violation {
+                    credential: "GH_TOKEN".into(),
+                    gate: "hosts".into()
+                }]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h["x-token"], "mock-GH_TOKEN");
+    // Both present: the allowed one is substituted, the logged one stays.
+    let mut h = hm(&[
+        ("x-token", "mock-GH_TOKEN"),
+        ("authorization", "Bearer mock-OPENAI_API_KEY"),
+    ]);
+    let v = s.apply_request_headers(&mut h, &ok_ctx("api.openai.com"));
+    assert!(matches!(v, Verdict::Forward { ref substituted, .. } if substituted.len() == 1));
+    assert_eq!(h["x-token"], "mock-GH_TOKEN");
+    assert_eq!(h["authorization"], format!("Bearer {CANARY}").as_str());
+}
+
+#[test]
+fn wildcard_credential_hosts() {
+    let s = set("");
+    for (host, ok) in [
+        ("api.github.com", true),
+        ("a.b.github.com", true),
+        ("github.com", false),
+        ("evil-github.com", false),
+        ("github.com.evil.net", false),
+    ] {
+        let mut h = hm(&[("x-token", "mock-GH_TOKEN")]);
+        let v = s.apply_request_headers(&mut h, &ok_ctx(host));
+        let got = matches!(&v, Verdict::Forward { substituted, .. } if substituted.len() == 1);
+        assert_eq!(got, ok, "{host}: {v:?}");
+    }
+}
+
+#[test]
+fn basic_auth_round_trip() {
+    let s = set("");
+    let enc = STANDARD.encode("user:mock-OPENAI_API_KEY");
+    let mut h = hm(&[("authorization", &format!("Basic {enc}"))]);
+    let v = s.apply_request_headers(&mut h, &ok_ctx("api.openai.com"));
+    assert!(matches!(v, Verdict::Forward { ref substituted, .. } if substituted.len() == 1));
+    let got = h["authorization"].to_str().unwrap();
+    let payload = STANDARD
+        .decode(got.strip_prefix("Basic ").unwrap())
+        .unwrap();
+    assert_eq!(payload, format!("user:{CANARY}").as_bytes());
+    // Scrubbing the echo gives the placeholder back.
+    let mut resp = hm(&[("x-echo-auth", got)]);
+    assert_eq!(s.scrub_response_headers(&mut resp), 1);
+    let back = resp["x-echo-auth"].to_str().unwrap();
+    let payload = STANDARD
+        .decode(back.strip_prefix("Basic ").unwrap())
+        .unwrap();
+    assert_eq!(payload, b"user:mock-OPENAI_API_KEY");
+    // Toward a wrong host the Basic-hidden placeholder is a violation.
+    let mut h = hm(&[("authorization", &format!("Basic {enc}"))]);
+    assert!(matches!(
+        s.apply_request_headers(&mut h, &ok_ctx("evil.example.com")),
+        Verdict::Block { .. }
+    ));
+}
+
+#[test]
+fn encoded_placeholders_are_violations() {
+    let s = set("");
+    for v in [
+        "mock%2DOPENAI_API_KEY",
+        "%6d%6f%63%6b-OPENAI_API_KEY",
+        "mock%252DOPENAI_API_KEY",
+        r#"{"k":"mock\u002dOPENAI_API_KEY"}"#,
+        r#"mock\u002DOPENAI\u005fAPI_KEY"#,
+        &STANDARD.encode("mock-OPENAI_API_KEY"),
+    ] {
+        let mut h = hm(&[("x-data", v)]);
+        assert!(
+            matches!(
+                s.apply_request_headers(&mut h, &ok_ctx("evil.example.com")),
+                Verdict::Block { .. }
+            ),
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn plaintext_never_substitutes() {
+    let s = set("");
+    let mut h = hm(&[("authorization", "Bearer mock-OPENAI_API_KEY")]);
+    match s.check_plaintext_headers(&h, &ok_ctx("api.openai.com")) {
+        Verdict::Block { violations, .. } => assert_eq!(violations[0].gate, "plaintext"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!all_text(&h).contains(CANARY));
+    let v = s.check_plaintext_headers(&hm(&[("x", "mock-GH_TOKEN")]), &ok_ctx("api.github.com"));
+    assert!(
+        matches!(v, Verdict::Forward { ref logged_violations, .. } if logged_violations.len() == 1)
+    );
+    let v = s.check_plaintext_headers(&hm(&[("x", "nothing")]), &ok_ctx("api.github.com"));
+    assert!(
+        matches!(v, Verdict::Forward { ref logged_violations, ref substituted } if logged_violations.is_empty() && substituted.is_empty())
+    );
+    h.clear();
+}
+
+#[test]
+fn inject_semantics() {
+    let s = set(r#", "inject": [{"header": "Authorization", "format": "Bearer ${value}"}]"#);
+    // Absent header: injected at the allowed host.
+    let mut h = HeaderMap::new();
+    let v = s.apply_request_headers(&mut h, &ok_ctx("api.openai.com"));
+    assert!(
+        matches!(v, Verdict::Forward { ref substituted, .. } if substituted == &["OPENAI_API_KEY"])
+    );
+    assert_eq!(h["authorization"], format!("Bearer {CANARY}").as_str());
+    // Header holding the bare placeholder: replaced by the formatted value.
+    let mut h = hm(&[("authorization", "mock-OPENAI_API_KEY")]);
+    s.apply_request_headers(&mut h, &ok_ctx("api.openai.com"));
+    assert_eq!(h["authorization"], format!("Bearer {CANARY}").as_str());
+    // Guest's own unrelated value is left alone.
+    let mut h = hm(&[("authorization", "Bearer guest-own")]);
+    s.apply_request_headers(&mut h, &ok_ctx("api.openai.com"));
+    assert_eq!(h["authorization"], "Bearer guest-own");
+    // Never injected where a gate fails.
+    for ctx in [
+        ok_ctx("evil.example.com"),
+        GateContext {
+            tls_verified: false,
+            ..ok_ctx("api.openai.com")
+        },
+        GateContext {
+            dialed_by_name: false,
+            ..ok_ctx("api.openai.com")
+        },
+    ] {
+        let mut h = HeaderMap::new();
+        let v = s.apply_request_headers(&mut h, &ctx);
+        assert!(h.is_empty(), "{ctx:?}");
+        assert!(matches!(v, Verdict::Forward { ref substituted, .. } if substituted.is_empty()));
+    }
+}
+
+#[test]
+fn headers_location_opt_out() {
+    let s = set(r#", "in": ["body"]"#);
+    let mut h = hm(&[("authorization", "Bearer mock-OPENAI_API_KEY")]);
+    let v = s.apply_request_headers(&mut h, &ok_ctx("api.openai.com"));
+    assert!(matches!(v, Verdict::Forward { ref substituted, .. } if substituted.is_empty()));
+    assert_eq!(h["authorization"], "Bearer mock-OPENAI_API_KEY");
+}
+
+#[test]
+fn scrubs_response_headers() {
+    let s = set("");
+    let mut h = hm(&[
+        ("x-echo", &format!("key={CANARY}; other={OTHER}")),
+        ("x-b64", &STANDARD.encode(CANARY)),
+        ("x-clean", "nothing here"),
+    ]);
+    assert_eq!(s.scrub_response_headers(&mut h), 3);
+    let t = all_text(&h);
+    assert!(!t.contains(CANARY) && !t.contains(OTHER), "{t}");
+    assert!(!t.contains(&STANDARD.encode(CANARY)));
+    assert_eq!(h["x-echo"], "key=mock-OPENAI_API_KEY; other=mock-GH_TOKEN");
+    assert_eq!(h["x-b64"], STANDARD.encode("mock-OPENAI_API_KEY").as_str());
+    assert_eq!(h["x-clean"], "nothing here");
+}
+
+#[test]
+fn load_errors_name_credential_and_source_never_value() {
+    let p = policy("");
+    let e = CredentialSet::load(&p, &MapEnv::from_pairs([("GH", OTHER)])).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "credential OPENAI_API_KEY: environment variable OPENAI_API_KEY is not set (source.env)"
+    );
+    let p = Policy::from_json_str(
+        r#"{"credentials": {"F": {"source": {"file": "/nonexistent/sluice-f"}, "hosts": ["*"]}}}"#,
+    )
+    .unwrap();
+    let e = CredentialSet::load(&p, &env()).unwrap_err().to_string();
+    assert!(
+        e.starts_with("credential F: cannot read /nonexistent/sluice-f (source.file)"),
+        "{e}"
+    );
+    let bad = MapEnv::from_pairs([("OPENAI_API_KEY", "sk-canary\r\nX-Evil: 1"), ("GH", OTHER)]);
+    let e = CredentialSet::load(&policy(""), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("control characters") && !e.contains("canary"),
+        "{e}"
+    );
+    let empty = MapEnv::from_pairs([("OPENAI_API_KEY", ""), ("GH", OTHER)]);
+    let e = CredentialSet::load(&policy(""), &empty)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is empty"), "{e}");
+}
+
+#[test]
+fn file_sources_trim_one_newline_and_use_credentials_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tok"), format!("{CANARY}\n")).unwrap();
+    std::fs::write(dir.path().join("tok2"), format!("{OTHER}\r\n")).unwrap();
+    std::fs::write(dir.path().join("tok3"), format!("{OTHER}\n\n")).unwrap();
+    let p = Policy::from_json_str(
+        r#"{"credentials": {
+            "A": {"source": {"file": "tok"}, "hosts": ["a.test"]},
+            "B": {"source": {"file": "tok2"}, "hosts": ["b.test"]}}}"#,
+    )
+    .unwrap();
+    let e = MapEnv::from_pairs([("CREDENTIALS_DIRECTORY", dir.path().to_str().unwrap())]);
+    let s = CredentialSet::load(&p, &e).unwrap();
+    let mut h = hm(&[("x", "mock-A")]);
+    s.apply_request_headers(&mut h, &ok_ctx("a.test"));
+    assert_eq!(h["x"], CANARY);
+    let mut h = hm(&[("x", "mock-B")]);
+    s.apply_request_headers(&mut h, &ok_ctx("b.test"));
+    assert_eq!(h["x"], OTHER);
+    // Only one newline trimmed: the second stays, and is rejected as a control char.
+    let p2 = Policy::from_json_str(
+        r#"{"credentials": {"B": {"source": {"file": "tok3"}, "hosts": ["b.test"]}}}"#,
+    )
+    .unwrap();
+    let err = CredentialSet::load(&p2, &e).unwrap_err().to_string();
+    assert!(
+        err.contains("control characters") && !err.contains("canary"),
+        "{err}"
+    );
+}
+
+#[test]
+fn canary_never_in_debug_output() {
+    let s = set(r#", "inject": [{"header": "Authorization", "format": "Bearer ${value}"}]"#);
+    let dbg = format!("{s:?} {:?}", s.scrubber());
+    assert!(!dbg.contains(CANARY) && !dbg.contains("canary"), "{dbg}");
+    let mut h = hm(&[("authorization", "Bearer mock-OPENAI_API_KEY")]);
+    let v = s.apply_request_headers(&mut h, &ok_ctx("api.openai.com"));
+    assert!(!format!("{v:?}").contains(CANARY));
+    // http marks the header sensitive, so HeaderMap's Debug redacts it too.
+    assert!(!format!("{h:?}").contains(CANARY), "{h:?}");
+    let mut h = hm(&[("authorization", "Bearer mock-OPENAI_API_KEY")]);
+    let v = s.apply_request_headers(&mut h, &ok_ctx("evil.example.com"));
+    assert!(!format!("{v:?}").contains(CANARY));
+}
+
+#[test]
+fn one_automaton_for_1_or_100_credentials() {
+    let make = |n: usize| {
+        let creds: Vec<String> = (0..n)
+            .map(|i| format!(r#""K{i}": {{"source": {{"env": "V{i}"}}, "hosts": ["h{i}.test"]}}"#))
+            .collect();
+        let p = Policy::from_json_str(&format!(r#"{{"credentials": {{{}}}}}"#, creds.join(",")))
+            .unwrap();
+        let vals: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("V{i}"), format!("value-{i:04}-canary")))
+            .collect();
+        let env = MapEnv(vals.into_iter().collect());
+        CredentialSet::load(&p, &env).unwrap()
+    };
+    let one = make(1);
+    let hundred = make(100);
+    // Every placeholder form of every credential lives in the single automaton.
+    assert_eq!(one.placeholder_pattern_count(), 3);
+    assert_eq!(hundred.placeholder_pattern_count(), 300);
+    // One pass finds the right credential among 100 (the last one, and one in the middle).
+    for i in [99usize, 42] {
+        let mut h = hm(&[("x", &format!("a mock-K{i} b"))]);
+        let host = format!("h{i}.test");
+        match hundred.apply_request_headers(&mut h, &ok_ctx(&host)) {
+            Verdict::Forward { substituted, .. } => assert_eq!(substituted, vec![format!("K{i}")]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(h["x"], format!("a value-{i:04}-canary b").as_str());
+    }
+    // mock-K1 vs mock-K10..K19: leftmost-longest picks the full placeholder.
+    let mut h = hm(&[("x", "mock-K10")]);
+    match hundred.apply_request_headers(&mut h, &ok_ctx("h10.test")) {
+        Verdict::Forward { substituted, .. } => assert_eq!(substituted, vec!["K10".to_string()]),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn scrub_chunked(s: &CredentialSet, data: &[u8], cuts: &[usize]) -> Vec<u8> {
+    let mut sc = s.scrubber();
+    let mut out = Vec::new();
+    let mut last = 0;
+    for &c in cuts {
+        let c = c.min(data.len()).max(last);
+        out.extend(sc.push(&data[last..c]));
+        assert!(sc.pending_len() <= sc.window());
+        last = c;
+    }
+    out.extend(sc.push(&data[last..]));
+    out.extend(sc.finish());
+    out
+}
+
+#[test]
+fn scrubber_handles_split_values() {
+    let s = set("");
+    let data = format!("head {CANARY} mid {OTHER} {} tail", STANDARD.encode(CANARY));
+    let whole = s.scrub_bytes(data.as_bytes()).0;
+    let text = String::from_utf8(whole.clone()).unwrap();
+    assert!(!text.contains(CANARY) && !text.contains(OTHER), "{text}");
+    for split in 0..data.len() {
+        assert_eq!(
+            scrub_chunked(&s, data.as_bytes(), &[split]),
+            whole,
+            "split at {split}"
+        );
+    }
+    let byte_by_byte: Vec<usize> = (0..data.len()).collect();
+    assert_eq!(scrub_chunked(&s, data.as_bytes(), &byte_by_byte), whole);
+}
+
+proptest! {
+    #[test]
+    fn scrubber_chunking_is_invisible(
+        parts in proptest::collection::vec(
+            prop_oneof![
+                Just(CANARY.as_bytes().to_vec()),
+                Just(OTHER.as_bytes().to_vec()),
+                Just(CANARY.as_bytes()[..5].to_vec()),
+                Just(STANDARD.encode(OTHER).into_bytes()),
+                proptest::collection::vec(any::<u8>(), 0..20),
+            ],
+            0..12,
+        ),
+        cuts in proptest::collection::vec(0usize..400, 0..10),
+    ) {
+        let s = set("");
+        let data: Vec<u8> = parts.concat();
+        let mut cuts = cuts;
+        cuts.sort_unstable();
+        let whole = s.scrub_bytes(&data).0;
+        prop_assert_eq!(scrub_chunked(&s, &data, &cuts), whole.clone());
+        let w = whole.windows(CANARY.len()).any(|w| w == CANARY.as_bytes());
+        prop_assert!(!w);
+    }
+}
