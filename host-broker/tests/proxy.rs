@@ -86,9 +86,20 @@ async fn placeholder_becomes_real_value_at_allowed_host_and_response_is_scrubbed
             "Bearer mock-API_KEY"
         );
     }
+    // An upstream echoing the value in a body: the guest gets the placeholder.
+    let (status, _, body) = get(
+        &mut c,
+        "/echo-body",
+        &[
+            ("host", "api.test"),
+            ("authorization", "Bearer mock-API_KEY"),
+        ],
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "Bearer mock-API_KEY"));
     let seen = w.tls_up.requests();
-    assert_eq!(seen.len(), 2);
-    for s in &seen {
+    assert_eq!(seen.len(), 3);
+    for s in &seen[..2] {
         assert_eq!(
             s.header("authorization"),
             Some(format!("Bearer {SECRET}").as_str())

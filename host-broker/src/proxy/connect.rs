@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -312,5 +312,14 @@ pub(super) fn respond(
     rec.verdict = "forwarded".into();
     rec.status = parts.status.as_u16();
     let pending = PendingAudit::new(rec, shared.events.clone());
-    Response::from_parts(parts, body::counted(body, pending))
+    // Scrub bodies only when there is something to scrub (the scrubber changes lengths, so
+    // Content-Length goes and the guest gets a chunked body). Compressed bodies are not
+    // decoded: see host-broker/README.md.
+    let scrubber = if vm.creds.is_empty() || body.is_end_stream() {
+        None
+    } else {
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        Some(vm.creds.scrubber())
+    };
+    Response::from_parts(parts, body::counted(body, pending, scrubber))
 }

@@ -95,8 +95,9 @@ impl Seen {
     }
 }
 
-/// A recording upstream. `GET /bulk/<n>` answers n bytes; anything else answers `ok` and
-/// echoes the Authorization header back as `x-echo-authorization` (to test scrubbing).
+/// A recording upstream. `GET /bulk/<n>` answers n bytes; `/echo-body` answers the
+/// Authorization header as the body; anything else answers `ok` and echoes the Authorization
+/// header back as `x-echo-authorization` (to test scrubbing).
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -174,6 +175,10 @@ async fn answer(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Ful
     });
     let echo = req.headers().get("authorization").cloned();
     let _ = req.into_body().collect().await;
+    if path == "/echo-body" {
+        let v = echo.map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+        return Response::new(Full::new(Bytes::from(v)));
+    }
     if let Some(n) = path.strip_prefix("/bulk/") {
         let n: usize = n.parse().unwrap_or(0);
         return Response::new(Full::new(Bytes::from(vec![b'x'; n])));
