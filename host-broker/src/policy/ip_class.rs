@@ -2,8 +2,9 @@
 //!
 //! With `private_networks: "deny"` every class below is refused unless an allow rule lists a
 //! CIDR (or IP literal) containing the address. IPv6 forms that embed an IPv4 address
-//! (v4-mapped `::ffff:a.b.c.d`, v4-compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`) are judged by
-//! the embedded IPv4 address, so `::ffff:127.0.0.1` is loopback.
+//! (v4-mapped `::ffff:a.b.c.d`, v4-compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`, SIIT
+//! `::ffff:0:0/96`, 6to4 `2002::/16`) are judged by the embedded IPv4 address, so
+//! `::ffff:127.0.0.1` is loopback; a public embedded address still counts as reserved.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -123,6 +124,10 @@ fn classify_v6(ip: Ipv6Addr) -> Option<PrivateClass> {
         // reserved, since these forms have no business being dialed from a VM.
         return Some(classify_v4(v4).unwrap_or(PrivateClass::Reserved));
     }
+    // NAT64 local-use prefix 64:ff9b:1::/48 (RFC 8215): translates to arbitrary IPv4.
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+        return Some(PrivateClass::Reserved);
+    }
     Some(if (s[0] & 0xfe00) == 0xfc00 {
         PrivateClass::UniqueLocal
     } else if (s[0] & 0xffc0) == 0xfe80 {
@@ -137,7 +142,8 @@ fn classify_v6(ip: Ipv6Addr) -> Option<PrivateClass> {
     })
 }
 
-/// IPv4 embedded in v4-compatible (`::a.b.c.d`) or NAT64 (`64:ff9b::/96`) addresses.
+/// IPv4 embedded in v4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::/96`), SIIT
+/// (`::ffff:0:0/96`) or 6to4 (`2002::/16`) addresses.
 /// (v4-mapped is handled by [`canonical`].)
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
@@ -147,6 +153,19 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     }
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return Some(tail());
+    }
+    // SIIT IPv4-translated ::ffff:0:a.b.c.d.
+    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return Some(tail());
+    }
+    // 6to4 2002:AABB:CCDD::/48 carries AA.BB.CC.DD.
+    if s[0] == 0x2002 {
+        return Some(Ipv4Addr::new(
+            (s[1] >> 8) as u8,
+            s[1] as u8,
+            (s[2] >> 8) as u8,
+            s[2] as u8,
+        ));
     }
     None
 }
@@ -201,6 +220,11 @@ mod tests {
             ("::127.0.0.1", Loopback),
             ("64:ff9b::10.0.0.1", Rfc1918),
             ("64:ff9b::7f00:1", Loopback),
+            ("::ffff:0:7f00:1", Loopback),
+            ("2002:7f00:1::1", Loopback),
+            ("2002:a9fe:a9fe::1", Metadata),
+            ("2002:808:808::1", Reserved),
+            ("64:ff9b:1::1", Reserved),
             ("203.0.113.7", HostOwn),
             ("::ffff:203.0.113.7", HostOwn),
         ];

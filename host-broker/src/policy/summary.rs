@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use super::host_pattern::HostPattern;
 use super::model::{EgressRule, Policy, SecretSource};
 
 /// Lowercased Debug name of a unit enum variant (`Deny` -> `deny`).
@@ -67,6 +68,13 @@ pub fn summarize(policy: &Policy) -> String {
         );
         for r in &c.inject {
             let _ = writeln!(s, "    inject {}: {}", r.header, r.format);
+        }
+        for h in c.hosts.iter().flatten() {
+            if let HostPattern::Exact(name) = h {
+                if let Err(d) = policy.check_name(name, 443) {
+                    let _ = writeln!(s, "    note: credential host unreachable on 443: {d}");
+                }
+            }
         }
     }
     if !policy.env.is_empty() {

@@ -132,6 +132,10 @@ fn credential_validation() {
             "credentials.A.inject[0].format: must contain ${value}",
         ),
         (
+            r#"{"A": {"source": {"env": "A"}, "hosts": ["a.test", "10.0.0.1"]}}"#,
+            "credentials.A.hosts[1]: IP literal 10.0.0.1 can never receive a credential",
+        ),
+        (
             r#"{"A": {"source": {"env": "A"}, "hosts": []}}"#,
             "credentials.A.hosts: empty list",
         ),
@@ -357,4 +361,17 @@ fn summary_lists_names_hosts_rules() {
         s.contains("deny[0]: hosts *.internal.example.com; any port"),
         "{s}"
     );
+}
+
+#[test]
+fn summary_notes_unreachable_credential_hosts() {
+    let s = summarize(&json(
+        r#"{"egress": {"allow": [{"hosts": ["a.test"]}]},
+            "credentials": {"K": {"source": {"env": "K"}, "hosts": ["a.test", "b.test"]}}}"#,
+    ));
+    assert!(
+        s.contains("note: credential host unreachable on 443: b.test:443"),
+        "{s}"
+    );
+    assert!(!s.contains("unreachable on 443: a.test"), "{s}");
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::error::PolicyError;
-use super::host_pattern::{check_hostname, normalize_host, parse_ip_literal};
+use super::host_pattern::{check_hostname, normalize_host, parse_ip_literal, HostPattern};
 use super::model::{CredentialSpec, EgressRule, Policy, SecretSource};
 
 /// Shortest placeholder accepted: shorter ones would match ordinary header text.
@@ -147,7 +147,19 @@ fn validate_credential(path: &str, name: &str, spec: &CredentialSpec) -> Result<
                 "empty list (the credential could never be used; write \"*\" to mean every host)",
             ))
         }
-        _ => {}
+        Some(hosts) => {
+            if let Some(j) = hosts.iter().position(|h| matches!(h, HostPattern::Ip(_))) {
+                return Err(err(
+                    format!("{path}.hosts[{j}]"),
+                    format!(
+                        "IP literal {} can never receive a credential (gate 4: only host names \
+                         the broker resolves itself); use a host name, with a resolve override \
+                         if it has no DNS entry",
+                        hosts[j]
+                    ),
+                ));
+            }
+        }
     }
     if let Some(ph) = &spec.placeholder {
         if ph.is_empty() {

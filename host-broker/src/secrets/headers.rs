@@ -253,6 +253,47 @@ impl CredentialSet {
         }
     }
 
+    /// Names of the credentials whose placeholder occurs in `bytes` in any detected form
+    /// (raw, base64, percent-encoded, JSON-escaped). For audit of URIs and bodies.
+    pub fn placeholders_in(&self, bytes: &[u8]) -> Vec<String> {
+        let mut hits = BTreeSet::new();
+        if !self.creds.is_empty() {
+            self.scan_value(bytes, &mut hits);
+        }
+        hits.into_iter()
+            .map(|i| self.creds[i].name.clone())
+            .collect()
+    }
+
+    /// Gates for the request-target (path and query): the core never substitutes there
+    /// (query substitution is opt-in and later), but a placeholder in it toward a host where
+    /// a gate fails, or over plaintext, is a violation like one in a header.
+    pub fn check_request_target(
+        &self,
+        target: &[u8],
+        ctx: &GateContext,
+        plaintext: bool,
+    ) -> Verdict {
+        let mut hits = BTreeSet::new();
+        if !self.creds.is_empty() {
+            self.scan_value(target, &mut hits);
+        }
+        let (violations, _) = self.judge(&hits, |i| {
+            if plaintext {
+                Some(Gate::Plaintext)
+            } else {
+                ctx.first_failure(&self.creds[i].hosts)
+            }
+        });
+        if let Some(block) = self.block_if_needed(ctx.target_host, &violations) {
+            return block;
+        }
+        Verdict::Forward {
+            substituted: Vec::new(),
+            logged_violations: self.violations_out(&violations),
+        }
+    }
+
     /// Replaces any real value (raw, base64, URL-safe base64, percent-encoded, and inside a
     /// `Basic` payload) in response headers with the placeholder in the same encoding.
     /// Returns the number of replacements.

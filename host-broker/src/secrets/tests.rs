@@ -504,3 +504,24 @@ proptest! {
         prop_assert!(!w);
     }
 }
+
+#[test]
+fn request_target_violations() {
+    let s = set("");
+    let t = b"/v1/x?key=mock%2DOPENAI_API_KEY";
+    assert_eq!(s.placeholders_in(t), vec!["OPENAI_API_KEY".to_string()]);
+    assert!(matches!(
+        s.check_request_target(t, &ok_ctx("evil.example.com"), false),
+        Verdict::Block { .. }
+    ));
+    assert!(matches!(
+        s.check_request_target(t, &ok_ctx("api.openai.com"), true),
+        Verdict::Block { .. }
+    ));
+    assert!(matches!(
+        s.check_request_target(t, &ok_ctx("api.openai.com"), false),
+        Verdict::Forward { ref substituted, ref logged_violations }
+            if substituted.is_empty() && logged_violations.is_empty()
+    ));
+    assert!(s.placeholders_in(b"/v1/clean").is_empty());
+}
