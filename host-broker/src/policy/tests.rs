@@ -375,3 +375,27 @@ fn summary_notes_unreachable_credential_hosts() {
     );
     assert!(!s.contains("unreachable on 443: a.test"), "{s}");
 }
+
+#[test]
+fn docs_examples_parse() {
+    let doc = include_str!("../../../docs/policy.md");
+    let mut n = 0;
+    for (lang, parse) in [
+        (
+            "```json\n",
+            Policy::from_json_str as fn(&str) -> Result<Policy, PolicyError>,
+        ),
+        ("```toml\n", Policy::from_toml_str),
+    ] {
+        for block in doc.split(lang).skip(1) {
+            let body = block.split("```").next().unwrap();
+            if lang == "```json\n" && !body.starts_with('{') {
+                continue; // a fragment, not a whole policy
+            }
+            let p = parse(body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+            assert!(!p.credentials.is_empty());
+            n += 1;
+        }
+    }
+    assert_eq!(n, 2);
+}
