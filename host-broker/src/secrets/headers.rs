@@ -134,13 +134,16 @@ impl CredentialSet {
                     if injected.contains(&name) {
                         continue; // first credential (policy order) wins
                     }
+                    // Fill when absent, or when a value holds the raw placeholder. A Basic
+                    // payload holding it is left to the in-place substitution below, so a
+                    // guest that chose Basic keeps Basic.
                     let fill = match headers.get(&name) {
                         None => true,
-                        Some(v) => {
+                        Some(_) => headers.get_all(&name).iter().any(|v| {
                             let mut own = BTreeSet::new();
-                            self.scan_value(v.as_bytes(), &mut own);
+                            self.hits_in(v.as_bytes(), &mut own);
                             own.contains(&i)
-                        }
+                        }),
                     };
                     if !fill {
                         continue;

@@ -525,3 +525,27 @@ fn request_target_violations() {
     ));
     assert!(s.placeholders_in(b"/v1/clean").is_empty());
 }
+
+#[test]
+fn duplicate_header_values_are_all_handled() {
+    let s = set(r#", "inject": [{"header": "Authorization", "format": "Bearer ${value}"}]"#);
+    let mut h = hm(&[("x-k", "clean"), ("x-k", "mock-OPENAI_API_KEY")]);
+    s.apply_request_headers(&mut h, &ok_ctx("api.openai.com"));
+    let all: Vec<_> = h.get_all("x-k").iter().collect();
+    assert_eq!(all, vec!["clean", CANARY]);
+    // Second value hides the placeholder toward a wrong host: still blocked.
+    let mut h = hm(&[("x-k", "clean"), ("x-k", "mock-OPENAI_API_KEY")]);
+    assert!(matches!(
+        s.apply_request_headers(&mut h, &ok_ctx("evil.example.com")),
+        Verdict::Block { .. }
+    ));
+    // Inject with a Basic payload: substituted in place, scheme kept.
+    let enc = STANDARD.encode("u:mock-OPENAI_API_KEY");
+    let mut h = hm(&[("authorization", &format!("Basic {enc}"))]);
+    s.apply_request_headers(&mut h, &ok_ctx("api.openai.com"));
+    let v = h["authorization"].to_str().unwrap();
+    assert_eq!(
+        STANDARD.decode(v.strip_prefix("Basic ").unwrap()).unwrap(),
+        format!("u:{CANARY}").as_bytes()
+    );
+}
