@@ -67,7 +67,7 @@ pub async fn connect_with_backoff(
                 last,
             });
         }
-        if attempt == 1 || attempt % 5 == 0 {
+        if attempt == 1 || attempt.is_multiple_of(5) {
             warn!(
                 "waiting for the broker at {endpoint} ({last}); retrying for {} s more",
                 remaining.as_secs()
