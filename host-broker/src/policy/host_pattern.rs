@@ -37,7 +37,7 @@ pub fn normalize_host(host: &str) -> String {
 }
 
 /// Parses an IP literal, accepting `[v6]`.
-pub(crate) fn parse_ip_literal(host: &str) -> Option<IpAddr> {
+pub fn parse_ip_literal(host: &str) -> Option<IpAddr> {
     let h = host
         .strip_prefix('[')
         .and_then(|x| x.strip_suffix(']'))

@@ -18,7 +18,7 @@ mod summary;
 mod validate;
 
 pub use error::{Denial, PolicyError};
-pub use host_pattern::{normalize_host, HostPattern};
+pub use host_pattern::{normalize_host, parse_ip_literal, HostPattern};
 pub use ip_class::{classify_private, PrivateClass};
 pub use model::{
     Cidr, CredentialSpec, DefaultAction, EgressPolicy, EgressRule, InjectRule, InterceptMode,

@@ -84,7 +84,11 @@ impl GateContext<'_> {
             Some(Gate::Authority)
         } else if !hosts.iter().any(|p| p.matches(self.target_host)) {
             Some(Gate::Hosts)
-        } else if !self.dialed_by_name {
+        } else if !self.dialed_by_name
+            || crate::policy::parse_ip_literal(self.target_host).is_some()
+        {
+            // Defence in depth: an IP-literal target (bracketed or not) never passes gate 4,
+            // whatever the caller computed.
             Some(Gate::DialedByName)
         } else {
             None

@@ -549,3 +549,26 @@ fn duplicate_header_values_are_all_handled() {
         format!("u:{CANARY}").as_bytes()
     );
 }
+
+#[test]
+fn ip_literal_target_never_gets_a_credential_even_with_star_hosts() {
+    let p = Policy::from_json_str(
+        r#"{"credentials": {"ANY": {"source": {"env": "A"}, "hosts": ["*"]}}}"#,
+    )
+    .unwrap();
+    let s = CredentialSet::load(&p, &MapEnv::from_pairs([("A", CANARY)])).unwrap();
+    for host in ["10.0.0.1", "[::1]", "::1"] {
+        // Even if the caller wrongly claims the target was dialed by name.
+        let mut h = hm(&[("x", "mock-ANY")]);
+        match s.apply_request_headers(&mut h, &ok_ctx(host)) {
+            Verdict::Block { violations, .. } => assert_eq!(violations[0].gate, "dialed_by_name"),
+            other => panic!("{host}: {other:?}"),
+        }
+    }
+    let mut h = hm(&[("x", "mock-ANY")]);
+    assert!(matches!(
+        s.apply_request_headers(&mut h, &ok_ctx("any.example")),
+        Verdict::Forward { .. }
+    ));
+    assert_eq!(h["x"], CANARY);
+}
