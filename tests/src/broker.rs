@@ -49,7 +49,8 @@ pub fn test_policy_json(upstream: SocketAddr, canary: &str) -> String {
             "default": "deny",
             "allow": [
                 {"hosts": ["api.example.com", "other.example.com"], "ports": [443]},
-                {"cidrs": [format!("{}/32", upstream.ip())], "ports": [upstream.port()]}
+                // Ports in rules are the requested port (443), not the override's.
+                {"cidrs": [format!("{}/32", upstream.ip())], "ports": [443]}
             ],
             "deny": [{"hosts": ["denied.example.com"]}],
             "private_networks": "deny"
