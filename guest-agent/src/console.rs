@@ -58,6 +58,7 @@ pub fn init(level: Level) {
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .event_format(Prefixed)
         .try_init();
 }
