@@ -35,7 +35,10 @@ async fn through(h: &Harness) -> Sender {
 
 async fn small(mut c: Sender, auth: bool) -> (f64, Duration, Duration) {
     let headers: &[(&str, &str)] = if auth {
-        &[("host", "api.test"), ("authorization", "Bearer mock-API_KEY")]
+        &[
+            ("host", "api.test"),
+            ("authorization", "Bearer mock-API_KEY"),
+        ]
     } else {
         &[("host", "api.test")]
     };
@@ -124,26 +127,48 @@ fn main() {
         let with = harness_for(&up, pki.ca_path.clone(), true).await;
         let without = harness_for(&up, pki.ca_path.clone(), false).await;
 
-        println!("host-broker proxy bench (loopback, {} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-        println!("small HTTPS GETs, one keep-alive connection, {SMALL_REQUESTS} sequential requests:");
+        println!(
+            "host-broker proxy bench (loopback, {} cores)",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0)
+        );
+        println!(
+            "small HTTPS GETs, one keep-alive connection, {SMALL_REQUESTS} sequential requests:"
+        );
         let (d_rps, d50, d99) = small(direct(&up, &pki.ca_pem).await, false).await;
         let (t_rps, t50, t99) = small(through(&with).await, true).await;
         println!("  {:<40} {:>10} {:>12} {:>12}", "", "req/s", "p50", "p99");
-        println!("  {:<40} {:>10.0} {:>12?} {:>12?}", "direct", d_rps, d50, d99);
-        println!("  {:<40} {:>10.0} {:>12?} {:>12?}", "through broker (placeholder substituted)", t_rps, t50, t99);
+        println!(
+            "  {:<40} {:>10.0} {:>12?} {:>12?}",
+            "direct", d_rps, d50, d99
+        );
+        println!(
+            "  {:<40} {:>10.0} {:>12?} {:>12?}",
+            "through broker (placeholder substituted)", t_rps, t50, t99
+        );
 
         println!("bulk download of {} MiB:", BULK_BYTES >> 20);
         let d = bulk(direct(&up, &pki.ca_pem).await).await;
         let t_plain = bulk(through(&without).await).await;
         let t_scrub = bulk(through(&with).await).await;
         println!("  {:<40} {:>10.1} MiB/s", "direct", d);
-        println!("  {:<40} {:>10.1} MiB/s", "through broker (no credentials)", t_plain);
-        println!("  {:<40} {:>10.1} MiB/s", "through broker (body scrubbing on)", t_scrub);
+        println!(
+            "  {:<40} {:>10.1} MiB/s",
+            "through broker (no credentials)", t_plain
+        );
+        println!(
+            "  {:<40} {:>10.1} MiB/s",
+            "through broker (body scrubbing on)", t_scrub
+        );
 
         println!("new connections ({NEW_CONNS} sequential, TLS handshake + 1 request):");
         let d = new_conns_direct(&up, &pki.ca_pem).await;
         let t = new_conns_through(&with).await;
         println!("  {:<40} {:>10.0} conn/s", "direct", d);
-        println!("  {:<40} {:>10.0} conn/s", "through broker (intercepted)", t);
+        println!(
+            "  {:<40} {:>10.0} conn/s",
+            "through broker (intercepted)", t
+        );
     });
 }

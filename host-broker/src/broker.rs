@@ -272,6 +272,45 @@ impl Broker {
         Ok(())
     }
 
+    /// Replaces a VM's policy (and reloads its credentials) without touching its listener or
+    /// CA. Streams opened afterwards use the new version; open streams keep the old one.
+    pub async fn update_vm(&self, id: &str, policy: Policy) -> Result<(), BrokerError> {
+        self.update_vm_with_env(id, policy, &ProcessEnv).await
+    }
+
+    /// Like [`Broker::update_vm`], reading `env` credential sources from `env`.
+    pub async fn update_vm_with_env(
+        &self,
+        id: &str,
+        policy: Policy,
+        env: &dyn EnvSource,
+    ) -> Result<(), BrokerError> {
+        let entry = self
+            .read_vms()
+            .get(id)
+            .map(|r| r.entry.clone())
+            .ok_or_else(|| BrokerError::UnknownVm(id.to_owned()))?;
+        policy.validate().map_err(|source| BrokerError::Policy {
+            vm: id.to_owned(),
+            source,
+        })?;
+        let creds =
+            CredentialSet::load(&policy, env).map_err(|source| BrokerError::Credentials {
+                vm: id.to_owned(),
+                source,
+            })?;
+        let old = entry.current();
+        entry.replace(VmState {
+            id: old.id.clone(),
+            policy,
+            creds: Arc::new(creds),
+            ca: old.ca.clone(),
+            leaves: old.leaves.clone(),
+        });
+        tracing::info!(vm = %id, "VM policy updated");
+        Ok(())
+    }
+
     /// Stops serving a VM: closes its listener and its connections, removes its socket file.
     /// Its CA stays in the state dir (a re-registered VM keeps trusting the same CA).
     pub async fn unregister_vm(&self, id: &str) -> Result<(), BrokerError> {

@@ -49,7 +49,6 @@ impl VmEntry {
     }
 
     /// Swaps in a new state; connections already running keep the old one.
-    #[allow(dead_code)] // used by the live-update API (next step)
     pub fn replace(&self, state: VmState) {
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(state);
     }

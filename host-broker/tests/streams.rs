@@ -189,3 +189,37 @@ async fn duplicate_vm_id_and_unregister() {
     assert!(h.broker.ca_pem("vm1").is_none());
     assert!(h.broker.unregister_vm("vm1").await.is_err());
 }
+
+#[tokio::test]
+async fn live_policy_update_applies_to_new_streams() {
+    let h = harness().await;
+    let mut s = control(&h).await;
+    let BrokerMessage::Config(before) = hello(&mut s).await else {
+        panic!()
+    };
+    assert_eq!(
+        before.env.get("LOG_LEVEL").map(String::as_str),
+        Some("debug")
+    );
+    let new =
+        host_broker::policy::Policy::from_json_str(r#"{"env": {"LOG_LEVEL": "warn"}}"#).unwrap();
+    h.broker
+        .update_vm_with_env("vm1", new, &host_broker::secrets::MapEnv::default())
+        .await
+        .unwrap();
+    let mut s2 = control(&h).await;
+    let BrokerMessage::Config(after) = hello(&mut s2).await else {
+        panic!()
+    };
+    assert_eq!(after.env.get("LOG_LEVEL").map(String::as_str), Some("warn"));
+    assert!(!after.env.contains_key("API_KEY"));
+    assert_eq!(
+        after.ca_certs_pem, before.ca_certs_pem,
+        "CA unchanged by an update"
+    );
+    assert!(h
+        .broker
+        .update_vm("nope", host_broker::policy::Policy::default())
+        .await
+        .is_err());
+}

@@ -138,7 +138,7 @@ impl Tunnel {
             None => is_ip, // clients send no SNI for IP literals
         };
         if !sni_ok {
-            let mut rec = audit::AuditRecord {
+            let rec = audit::AuditRecord {
                 vm: self.vm.id.clone(),
                 host: self.host.clone(),
                 method: "CONNECT".into(),
@@ -148,7 +148,6 @@ impl Tunnel {
                 status: 0,
                 bytes: 0,
             };
-            rec.verdict = "blocked".into();
             tracing::warn!(sni = ?sni, "closing tunnel: TLS SNI does not match the CONNECT host");
             return audit::emit(&self.shared.events, rec);
         }
@@ -188,7 +187,7 @@ impl Tunnel {
         let uri_ok = req
             .uri()
             .authority()
-            .is_none_or(|a| host_without_port(a.as_str()) == *host);
+            .map_or(true, |a| host_without_port(a.as_str()) == *host);
         match host_header(req.headers()) {
             Some(h) if h == *host && uri_ok => {}
             other => {

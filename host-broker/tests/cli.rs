@@ -1,0 +1,133 @@
+//! The `host-broker` binary: `policy check` and `serve` (config file, control stream,
+//! clean exit on SIGTERM).
+
+use std::process::Stdio;
+
+use shared_proto::{
+    read_message, write_message, write_stream_header, AgentHello, AgentMessage, BootMode,
+    BrokerMessage, StreamHeader, StreamKind, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_host-broker");
+const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+#[test]
+fn policy_check_prints_names_never_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.json");
+    std::fs::write(
+        &p,
+        r#"{"credentials": {"OPENAI_API_KEY": {"source": {"value": "sk-VALUE-SHOULD-NOT-PRINT"},
+            "hosts": ["api.openai.com"]}}}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["policy", "check"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("OPENAI_API_KEY") && stdout.contains("api.openai.com"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("sk-VALUE"));
+
+    std::fs::write(&p, r#"{"credentials": {"K": {"source": {"env": "K"}}}}"#).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["policy", "check"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("credentials.K.hosts"), "{stderr}");
+}
+
+#[tokio::test]
+async fn serve_answers_the_control_stream_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("vm1.toml"),
+        "[egress]\ndefault = \"deny\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("broker.toml"),
+        "state_dir = \"state\"\n[[vms]]\nid = \"vm1\"\nhybrid_socket = \"vm1.vsock\"\npolicy_file = \"vm1.toml\"\n",
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(dir.path().join("broker.toml"))
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(WAIT, async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.contains("host-broker serving") {
+                return;
+            }
+        }
+        panic!("broker exited before serving");
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let mut s = tokio::net::UnixStream::connect(dir.path().join("vm1.vsock_7070"))
+        .await
+        .unwrap();
+    write_stream_header(
+        &mut s,
+        &StreamHeader {
+            kind: StreamKind::Control,
+        },
+    )
+    .await
+    .unwrap();
+    write_message(
+        &mut s,
+        &AgentMessage::Hello(AgentHello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: "cli-test".into(),
+            boot_mode: BootMode::Exec,
+        }),
+    )
+    .await
+    .unwrap();
+    let msg: BrokerMessage = tokio::time::timeout(WAIT, read_message(&mut s))
+        .await
+        .unwrap()
+        .unwrap();
+    let BrokerMessage::Config(cfg) = msg else {
+        panic!("{msg:?}")
+    };
+    assert_eq!(cfg.vm_id, "vm1");
+    let on_disk = std::fs::read_to_string(dir.path().join("state/vms/vm1/ca.pem")).unwrap();
+    assert_eq!(cfg.ca_certs_pem, vec![on_disk]);
+
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        !dir.path().join("vm1.vsock_7070").exists(),
+        "socket removed on shutdown"
+    );
+}
