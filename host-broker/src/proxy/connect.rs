@@ -184,10 +184,10 @@ impl Tunnel {
     ) -> Response<ProxyBody> {
         let host = &self.host;
         let mut rec = record(&self.vm, &req, host);
-        let uri_ok = req
-            .uri()
-            .authority()
-            .map_or(true, |a| host_without_port(a.as_str()) == *host);
+        let uri_ok = match req.uri().authority() {
+            Some(a) => host_without_port(a.as_str()) == *host,
+            None => true,
+        };
         match host_header(req.headers()) {
             Some(h) if h == *host && uri_ok => {}
             other => {
