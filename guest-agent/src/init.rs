@@ -91,6 +91,14 @@ fn exec_init(init: &str) -> nix::Error {
 pub fn power_off(status: u8) -> ! {
     console::line(&format!("powering off, status={status}"));
     nix::unistd::sync();
+    // Leave a mounted root filesystem clean (best effort; the initramfs root just refuses).
+    let _ = nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+        None::<&str>,
+    );
     let err = reboot(RebootMode::RB_POWER_OFF);
     console::line(&format!("error: power off failed: {err:?}"));
     // Exiting PID 1 would panic the kernel: wait for the VMM to stop us instead.
