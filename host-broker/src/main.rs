@@ -56,14 +56,24 @@ fn init_logging(filter: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable chain, no backtrace: this is an operator-facing message.
+            eprintln!("host-broker: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => {
-            let policy =
-                Policy::from_path(&file).with_context(|| format!("policy {}", file.display()))?;
+            // The error already names the file and the field.
+            let policy = Policy::from_path(&file)?;
             println!("{}: ok", file.display());
             println!("{}", summarize(&policy));
             Ok(())
