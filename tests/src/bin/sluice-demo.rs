@@ -19,6 +19,20 @@ fn mask(v: &str) -> String {
     format!("{keep}… ({} chars, masked)", v.chars().count())
 }
 
+/// The interesting part of the workload's `curl -v` output: what was sent and received, and
+/// the certificate verification, not the TLS record chatter.
+fn demo_line(l: &str) -> bool {
+    let Some(rest) = l.strip_prefix("demo| ") else {
+        return l.starts_with("demo:");
+    };
+    rest.starts_with("> ")
+        || rest.starts_with("< ")
+        || rest.starts_with("upstream-ok")
+        || rest.contains("issuer:")
+        || rest.contains("certificate verify")
+        || rest.contains("CAfile:")
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
@@ -44,10 +58,8 @@ async fn main() -> anyhow::Result<()> {
     );
 
     println!("\n== What the guest printed (curl -v: '>' sent by the guest, '<' received):");
-    for line in s.console().lines() {
-        if line.starts_with("demo") {
-            println!("  {line}");
-        }
+    for line in s.console().lines().filter(|l| demo_line(l)) {
+        println!("  {line}");
     }
     println!("\n== What the upstream (https://api.example.com on 127.0.0.1) received:");
     let reqs = s.upstream.requests();
