@@ -1,0 +1,165 @@
+//! The control conversation against stub brokers on Unix sockets: config, refusal,
+//! absence (bounded retry), and the exit-status report.
+
+use std::time::{Duration, Instant};
+
+use guest_agent::broker::{self, BrokerError};
+use guest_agent::endpoint::Endpoint;
+use guest_agent::init::{status, Fatal};
+use shared_proto::{AgentMessage, BootMode, BrokerMessage, GuestConfig, StreamKind, WorkloadExit};
+use tokio::net::UnixListener;
+
+/// Serves one control stream: answers the hello with `reply`, then acks one message and
+/// returns it.
+async fn one_shot(listener: UnixListener, reply: BrokerMessage) -> Option<AgentMessage> {
+    let (mut s, _) = listener.accept().await.unwrap();
+    let h = shared_proto::read_stream_header(&mut s).await.unwrap();
+    assert_eq!(h.kind, StreamKind::Control);
+    let hello: AgentMessage = shared_proto::read_message(&mut s).await.unwrap();
+    assert!(matches!(hello, AgentMessage::Hello(h) if h.boot_mode == BootMode::Exec));
+    shared_proto::write_message(&mut s, &reply).await.unwrap();
+    let next: AgentMessage = shared_proto::read_message(&mut s).await.ok()?;
+    shared_proto::write_message(&mut s, &BrokerMessage::Ack)
+        .await
+        .unwrap();
+    Some(next)
+}
+
+#[tokio::test]
+async fn config_then_exit_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let cfg = GuestConfig {
+        vm_id: "vm-7".into(),
+        proxy_port: 3128,
+        ..Default::default()
+    };
+    let server = tokio::spawn(one_shot(listener, BrokerMessage::Config(cfg.clone())));
+    let ep = Endpoint::Unix(path);
+    let (mut control, got) = broker::fetch_config(&ep, BootMode::Exec, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(got, cfg);
+    let exit = WorkloadExit {
+        code: Some(4),
+        signal: None,
+    };
+    control.workload_exited(exit).await.unwrap();
+    assert_eq!(
+        server.await.unwrap(),
+        Some(AgentMessage::WorkloadExited(exit))
+    );
+}
+
+#[tokio::test]
+async fn refusal_maps_to_protocol_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    tokio::spawn(one_shot(
+        listener,
+        BrokerMessage::Refused {
+            reason: "unknown VM".into(),
+        },
+    ));
+    let err = broker::fetch_config(
+        &Endpoint::Unix(path),
+        BootMode::Exec,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, BrokerError::Refused(r) if r == "unknown VM"),
+        "{err}"
+    );
+    assert_eq!(Fatal::from(err).status, status::PROTOCOL);
+}
+
+#[tokio::test]
+async fn absent_broker_gives_up_after_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let ep = Endpoint::Unix(dir.path().join("nobody.sock"));
+    let start = Instant::now();
+    let err = broker::fetch_config(&ep, BootMode::Exec, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    let took = start.elapsed();
+    assert!(
+        matches!(err, BrokerError::Unreachable { secs: 1, .. }),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert_eq!(Fatal::from(err).status, status::UNAVAILABLE);
+}
+
+/// A log writer that signals when the agent reports it is waiting for the broker.
+#[derive(Clone)]
+struct WaitSignal(std::sync::mpsc::Sender<()>);
+
+impl std::io::Write for WaitSignal {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if String::from_utf8_lossy(buf).contains("waiting for the broker") {
+            let _ = self.0.send(());
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_broker_that_appears_late_is_found() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || WaitSignal(tx.clone()))
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("late.sock");
+    let ep = Endpoint::Unix(path.clone());
+    let client = tokio::spawn(async move {
+        broker::fetch_config(&ep, BootMode::Exec, Duration::from_secs(20)).await
+    });
+    // Bind only once the agent has failed and said it is waiting (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rx.try_recv().is_err() {
+        assert!(Instant::now() < deadline, "agent never reported waiting");
+        tokio::task::yield_now().await;
+    }
+    let listener = UnixListener::bind(&path).unwrap();
+    tokio::spawn(one_shot(
+        listener,
+        BrokerMessage::Config(GuestConfig::default()),
+    ));
+    let (_, cfg) = client.await.unwrap().unwrap();
+    assert_eq!(cfg, GuestConfig::default());
+}
+
+#[tokio::test]
+async fn garbage_from_the_broker_is_a_protocol_error() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let _ = shared_proto::read_stream_header(&mut s).await;
+        let _: Result<AgentMessage, _> = shared_proto::read_message(&mut s).await;
+        s.write_all(&[0xff; 12]).await.unwrap();
+    });
+    let err = broker::fetch_config(
+        &Endpoint::Unix(path),
+        BootMode::Exec,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, BrokerError::Protocol(_)), "{err}");
+    assert_eq!(Fatal::from(err).status, status::PROTOCOL);
+}
