@@ -226,6 +226,29 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// `*.suffix` against a label-list model: matches iff the host's labels end with the
+        /// suffix's labels and there is at least one more label, whatever the case/dot.
+        #[test]
+        fn suffix_matches_label_model(
+            host in proptest::collection::vec("[a-cA-C-]{1,3}", 1..5),
+            suffix in proptest::collection::vec("[a-c]{1,3}", 1..3),
+            dot in proptest::bool::ANY,
+        ) {
+            let suffix_s = suffix.join(".");
+            let Ok(pat) = HostPattern::parse(&format!("*.{suffix_s}")) else {
+                return Ok(());
+            };
+            let mut h = host.join(".");
+            if dot {
+                h.push('.');
+            }
+            let labels: Vec<String> = host.iter().map(|l| l.to_ascii_lowercase()).collect();
+            let want = labels.len() > suffix.len() && labels.ends_with(&suffix);
+            proptest::prop_assert_eq!(pat.matches(&h), want, "{} vs {}", h, suffix_s);
+        }
+    }
+
     #[test]
     fn display_round_trips() {
         for s in ["*", "api.example.com", "*.example.com", "10.0.0.1", "[::1]"] {

@@ -572,3 +572,58 @@ fn ip_literal_target_never_gets_a_credential_even_with_star_hosts() {
     ));
     assert_eq!(h["x"], CANARY);
 }
+
+/// Prints figures; not a timed assertion. Run with
+/// `cargo test -p host-broker --release --lib bench_substitution -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_substitution_1_vs_100_credentials() {
+    use std::time::Instant;
+    let make = |n: usize| {
+        let creds: Vec<String> = (0..n)
+            .map(|i| format!(r#""K{i}": {{"source": {{"env": "V{i}"}}, "hosts": ["api.test"]}}"#))
+            .collect();
+        let p = Policy::from_json_str(&format!(r#"{{"credentials": {{{}}}}}"#, creds.join(",")))
+            .unwrap();
+        let env = MapEnv(
+            (0..n)
+                .map(|i| (format!("V{i}"), format!("sk-live-{i:04}-abcdefghijklmnop")))
+                .collect(),
+        );
+        CredentialSet::load(&p, &env).unwrap()
+    };
+    // A JSON-ish response body (what scrubbing sees in practice).
+    let text: &[u8] = b"{\"id\": \"chatcmpl-8x\", \"object\": \"chat.completion\", \
+                        \"content\": \"Hello there, how may I help you today?\"}\n";
+    let body: Vec<u8> = (0..1 << 20).map(|i| text[i % text.len()]).collect();
+    for n in [1usize, 100] {
+        let s = make(n);
+        let iters = 100_000;
+        let t = Instant::now();
+        for _ in 0..iters {
+            let mut h = hm(&[
+                ("authorization", "Bearer mock-K0"),
+                ("user-agent", "python-requests/2.31"),
+                ("accept", "application/json"),
+                ("content-type", "application/json"),
+            ]);
+            let v = s.apply_request_headers(&mut h, &ok_ctx("api.test"));
+            assert!(matches!(v, Verdict::Forward { .. }));
+        }
+        let per = t.elapsed().as_secs_f64() / iters as f64;
+        let mut sc = s.scrubber();
+        let t = Instant::now();
+        let mut out = 0;
+        for chunk in body.chunks(16 * 1024) {
+            out += sc.push(chunk).len();
+        }
+        out += sc.finish().len();
+        let mbps = body.len() as f64 / t.elapsed().as_secs_f64() / 1e6;
+        assert_eq!(out, body.len());
+        println!(
+            "credentials={n:>3}: apply_request_headers {:.2} us/request (4 headers), \
+             body scrub {mbps:.0} MB/s",
+            per * 1e6
+        );
+    }
+}
