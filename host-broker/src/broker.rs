@@ -217,13 +217,18 @@ impl Broker {
             Arc::new(SystemClock),
             crate::tls::leaf::DEFAULT_LEAF_CACHE_CAPACITY,
         ));
-        let entry = Arc::new(VmEntry::new(VmState {
-            id: id.clone(),
-            policy: spec.policy,
-            creds: Arc::new(creds),
-            ca,
-            leaves,
-        }));
+        let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
+        let entry = Arc::new(VmEntry::new(
+            VmState {
+                id: id.clone(),
+                policy: spec.policy,
+                creds: Arc::new(creds),
+                ca,
+                leaves,
+                closed: closed_rx,
+            },
+            closed_tx,
+        ));
         let mut reg = Registered {
             entry: entry.clone(),
             task: None,
@@ -306,6 +311,7 @@ impl Broker {
             creds: Arc::new(creds),
             ca: old.ca.clone(),
             leaves: old.leaves.clone(),
+            closed: old.closed.clone(),
         });
         tracing::info!(vm = %id, "VM policy updated");
         Ok(())
@@ -396,6 +402,7 @@ impl Broker {
 }
 
 async fn stop(reg: Registered, cids: &RwLock<HashMap<u32, Arc<VmEntry>>>) {
+    reg.entry.close();
     if let Some(cid) = reg.cid {
         cids.write().unwrap_or_else(|e| e.into_inner()).remove(&cid);
     }
@@ -455,9 +462,16 @@ fn spawn_cid_loop(
                         match vm {
                             Some(vm) => {
                                 let span = tracing::info_span!("vm", vm = %vm.id, cid);
+                                let shared = shared.clone();
+                                // Streams of an unregistered VM end with it.
                                 conns.spawn(
-                                    crate::dispatch::serve_stream(acc, vm, shared.clone())
-                                        .instrument(span),
+                                    async move {
+                                        tokio::select! {
+                                            _ = crate::dispatch::serve_stream(acc, vm.clone(), shared) => {}
+                                            _ = vm.closed() => tracing::info!("VM unregistered: closing stream"),
+                                        }
+                                    }
+                                    .instrument(span),
                                 );
                             }
                             None => tracing::warn!(cid, "closing stream from an unregistered CID"),

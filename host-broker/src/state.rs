@@ -18,6 +18,17 @@ pub(crate) struct VmState {
     pub creds: Arc<CredentialSet>,
     pub ca: Arc<VmCa>,
     pub leaves: Arc<LeafCache>,
+    /// Becomes `true` when the VM is unregistered (shared by every version of the state).
+    pub closed: tokio::sync::watch::Receiver<bool>,
+}
+
+impl VmState {
+    /// Completes once the VM is unregistered.
+    pub async fn closed(&self) {
+        let mut rx = self.closed.clone();
+        // An error means the sender is gone, which also means the VM is gone.
+        let _ = rx.wait_for(|c| *c).await;
+    }
 }
 
 impl std::fmt::Debug for VmState {
@@ -33,14 +44,30 @@ impl std::fmt::Debug for VmState {
 pub(crate) struct VmEntry {
     pub id: String,
     state: RwLock<Arc<VmState>>,
+    /// Set when the VM is unregistered: its open streams end.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl VmEntry {
-    pub fn new(state: VmState) -> VmEntry {
+    /// `closed` is the sender half of `state.closed`.
+    pub fn new(state: VmState, closed: tokio::sync::watch::Sender<bool>) -> VmEntry {
         VmEntry {
             id: state.id.clone(),
             state: RwLock::new(Arc::new(state)),
+            closed,
         }
+    }
+
+    /// Marks the VM unregistered; [`VmEntry::closed`] futures complete.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Completes once the VM is unregistered.
+    pub async fn closed(&self) {
+        let mut rx = self.closed.subscribe();
+        // An error means the sender is gone, which also means the VM is gone.
+        let _ = rx.wait_for(|c| *c).await;
     }
 
     /// The current state (cheap clone of an `Arc`).

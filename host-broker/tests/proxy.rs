@@ -291,3 +291,33 @@ async fn egress_denied_host_is_403_with_reason() {
     assert_eq!(status, 403, "{head}");
     assert!(head.to_ascii_lowercase().contains("x-sluice-reason:"));
 }
+
+#[tokio::test]
+async fn unregistering_the_vm_ends_its_open_tunnels() {
+    let w = world(true).await;
+    let mut c = intercepted_client(&w.h, "api.test", 443).await;
+    let (status, _, _) = get(&mut c, "/before", &[("host", "api.test")]).await;
+    assert_eq!(status, 200);
+    w.h.broker.unregister_vm("vm1").await.unwrap();
+    // The connection is closed by the broker: the client's connection task ends.
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            if c.is_closed() {
+                return;
+            }
+            if c.ready().await.is_err() {
+                return;
+            }
+            let req = http::Request::get("/after")
+                .header("host", "api.test")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            if c.send_request(req).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "tunnel still open after unregister");
+    assert!(w.tls_up.requests().iter().all(|s| s.path != "/after"));
+}

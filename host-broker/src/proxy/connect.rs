@@ -85,19 +85,28 @@ pub(super) async fn handle(
     rec.status = 200;
     audit::emit(&shared.events, rec);
     let span = tracing::info_span!("tunnel", %host, port, %addr);
+    // The tunnel outlives this request's task, so it watches the VM itself: unregistering
+    // the VM ends it.
     tokio::spawn(
         async move {
-            match hyper::upgrade::on(req).await {
-                Ok(upgraded) => {
-                    let t = Tunnel {
-                        host,
-                        addr,
-                        vm,
-                        shared,
-                    };
-                    t.intercept(TokioIo::new(upgraded), leaf, up).await
+            let vm2 = vm.clone();
+            let run = async move {
+                match hyper::upgrade::on(req).await {
+                    Ok(upgraded) => {
+                        let t = Tunnel {
+                            host,
+                            addr,
+                            vm,
+                            shared,
+                        };
+                        t.intercept(TokioIo::new(upgraded), leaf, up).await
+                    }
+                    Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
                 }
-                Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+            };
+            tokio::select! {
+                _ = run => {}
+                _ = vm2.closed() => tracing::info!("VM unregistered: closing tunnel"),
             }
         }
         .instrument(span),
