@@ -28,7 +28,7 @@ impl Policy {
         let policy: Policy =
             serde_path_to_error::deserialize(de).map_err(|e| PolicyError::Parse {
                 path: path_or_root(e.path().to_string()),
-                message: e.into_inner().to_string().trim_end().to_string(),
+                message: toml_message(s, e.inner()),
             })?;
         policy.validate()?;
         Ok(policy)
@@ -69,5 +69,19 @@ fn path_or_root(p: String) -> String {
         "(root)".into()
     } else {
         p
+    }
+}
+
+/// The TOML error message with its position, but without the source snippet that
+/// `toml::de::Error`'s Display adds: that line could hold an inline secret value.
+fn toml_message(src: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &src[..span.start.min(src.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("{} at line {line} column {col}", e.message().trim_end())
+        }
+        None => e.message().trim_end().to_string(),
     }
 }

@@ -399,3 +399,23 @@ fn docs_examples_parse() {
     }
     assert_eq!(n, 2);
 }
+
+#[test]
+fn inline_values_not_echoed_by_parse_errors() {
+    let e = json_err(r#"{"credentials": {"A": {"source": {"value": 987654321}, "hosts": ["*"]}}}"#);
+    assert!(
+        e.starts_with("credentials.A.source.value: expected a string"),
+        "{e}"
+    );
+    assert!(!e.contains("987654321"), "{e}");
+    // TOML errors carry a source snippet by default; ours must not (the line holds the value).
+    for doc in [
+        "[credentials.A]\nsource = { value = \"canary-c4a7e1f0\" }\nhosts = [\"*\"]\nbogus = 1\n",
+        "[credentials.A]\nsource = { value = \"canary-c4a7e1f0\", extra = 1 }\nhosts = [\"*\"]\n",
+        "[credentials.A]\nsource = { value = 31415926 }\nhosts = [\"*\"]\n",
+    ] {
+        let e = Policy::from_toml_str(doc).unwrap_err().to_string();
+        assert!(!e.contains("canary") && !e.contains("31415926"), "{e}");
+        assert!(e.contains(" at line "), "{e}");
+    }
+}

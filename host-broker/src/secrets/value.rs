@@ -46,7 +46,47 @@ impl fmt::Display for SecretValue {
 
 impl<'de> Deserialize<'de> for SecretValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(SecretValue::new)
+        d.deserialize_any(SecretVisitor)
+    }
+}
+
+/// Accepts strings only; any other type fails with an error that does not echo the input
+/// (serde's default "invalid type: integer `123`" would print a numeric secret).
+struct SecretVisitor;
+
+impl serde::de::Visitor<'_> for SecretVisitor {
+    type Value = SecretValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SecretValue, E> {
+        Ok(SecretValue::new(v.to_string()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<SecretValue, E> {
+        Ok(SecretValue::new(v))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SecretValue, E> {
+        Err(E::custom("expected a string (value not shown)"))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SecretValue, E> {
+        Err(E::custom("expected a string (value not shown)"))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SecretValue, E> {
+        Err(E::custom("expected a string (value not shown)"))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SecretValue, E> {
+        Err(E::custom("expected a string (value not shown)"))
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<SecretValue, E> {
+        Err(E::custom("expected a string (value not shown)"))
     }
 }
 
