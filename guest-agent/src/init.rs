@@ -108,15 +108,13 @@ pub fn power_off(status: u8) -> ! {
 }
 
 fn boot() -> Result<Handover, Fatal> {
-    console::init(tracing::Level::INFO);
+    // Errors before the subscriber exists go straight to the console via `Fatal`.
     mount::mount_early().map_err(|e| Fatal::new(status::SOFTWARE, "early mounts", e))?;
     let line = std::fs::read_to_string("/proc/cmdline")
         .map_err(|e| Fatal::new(status::SOFTWARE, "/proc/cmdline", e))?;
     let settings =
         cmdline::parse(&line).map_err(|e| Fatal::new(status::CONFIG, "bad settings", e))?;
-    if settings.log != tracing::Level::INFO {
-        tracing::warn!("sluice.log={} applies to the proxy unit only", settings.log);
-    }
+    console::init(settings.log);
     let n = modules::load_listed(Path::new(modules::ORDER_FILE));
     info!("loaded {n} kernel modules");
     if let Err(e) = net::loopback_up() {
@@ -236,6 +234,7 @@ async fn prepare_systemd(settings: &Settings, config: &GuestConfig) -> Result<Ha
         Path::new("/sluice/units"),
         settings.port,
         proxy_port(config),
+        settings.log,
     )
     .map_err(osfile("units"))?;
     info!("installed runtime units: {}", names.join(", "));
