@@ -4,10 +4,14 @@
 //! closes the DNS-rebinding window: the address that was checked is the address dialed.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::error::Denial;
 use super::host_pattern::{normalize_host, parse_ip_literal};
 use super::model::Policy;
+
+/// Upper bound on one DNS resolution, so a stalled resolver cannot pin a guest connection.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Resolve once (override, else DNS via tokio::net::lookup_host), check every candidate
 /// with the address rules (using the port the guest requested), return the ONE address the
@@ -25,8 +29,15 @@ pub async fn resolve_target(policy: &Policy, host: &str, port: u16) -> Result<So
         policy.check_target(&h, port, addr)?;
         return Ok(addr);
     }
-    let candidates: Vec<SocketAddr> = tokio::net::lookup_host((h.as_str(), port))
+    let lookup = tokio::net::lookup_host((h.as_str(), port));
+    let candidates: Vec<SocketAddr> = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
         .await
+        .map_err(|_| {
+            Denial::new(format!(
+                "cannot resolve {h}: no answer within {}s",
+                RESOLVE_TIMEOUT.as_secs()
+            ))
+        })?
         .map_err(|e| Denial::new(format!("cannot resolve {h}: {e}")))?
         .collect();
     let Some(first) = candidates.first().copied() else {
