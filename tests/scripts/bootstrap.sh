@@ -57,7 +57,9 @@ guest_kernel() {
   local dir="$cache/kernel/$pkg"
   if [ ! -f "$dir/.done" ]; then
     rm -rf "$dir" && mkdir -p "$dir"
-    (cd "$dir" && apt-get download -qq "$pkg" && dpkg -x ./*.deb root && rm -f ./*.deb)
+    # As root, apt downloads as the _apt user, which cannot write into the cache dir.
+    (cd "$dir" && apt-get download -qq -o APT::Sandbox::User=root "$pkg" \
+      && dpkg -x ./*.deb root && rm -f ./*.deb)
     touch "$dir/.done"
   fi
   local vmlinuz modules
