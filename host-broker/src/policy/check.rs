@@ -36,7 +36,7 @@ impl EgressRule {
     }
 }
 
-/// Quotes a guest-supplied host for a reason string, bounded in length.
+/// Quotes a guest-supplied host for a reason string: bounded length, ASCII only.
 fn shown(host: &str) -> String {
     let mut s: String = host.chars().take(255).collect();
     if s.len() < host.len() {
@@ -45,7 +45,8 @@ fn shown(host: &str) -> String {
     if s.bytes().all(|b| b.is_ascii_graphic()) {
         s
     } else {
-        format!("{s:?}")
+        // ASCII-only escape: the reason goes into an HTTP header (x-sluice-reason).
+        format!("\"{}\"", s.escape_default())
     }
 }
 

@@ -419,3 +419,18 @@ fn inline_values_not_echoed_by_parse_errors() {
         assert!(e.contains(" at line "), "{e}");
     }
 }
+
+#[test]
+fn reasons_are_valid_header_values() {
+    let p = json(r#"{"egress": {"default": "allow"}}"#);
+    for host in [
+        "bad..name",
+        "ünï.example",
+        "a\r\nx-evil: 1",
+        &"a".repeat(400),
+    ] {
+        let d = p.check_name(host, 443).unwrap_err();
+        assert!(d.reason.is_ascii() && d.reason.len() < 400, "{d}");
+        assert!(http::HeaderValue::from_str(&d.reason).is_ok(), "{d}");
+    }
+}
