@@ -88,12 +88,13 @@ struct Agent {
 }
 
 impl Agent {
-    fn rss_kib(&self) -> u64 {
+    /// A `/proc/<pid>/status` memory figure in KiB (`VmRSS:` now, `VmHWM:` peak).
+    fn mem_kib(&self, field: &str) -> u64 {
         let pid = self.child.id().unwrap();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
             .unwrap()
     }
@@ -101,7 +102,10 @@ impl Agent {
 
 /// Starts the agent binary and waits (bounded) for its "listening" line.
 async fn start_agent(sock: &Path) -> Agent {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_guest-agent"))
+    // SLUICE_AGENT_BIN runs the same test against another build (e.g. the static musl one).
+    let bin = std::env::var("SLUICE_AGENT_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_guest-agent").to_string());
+    let mut child = tokio::process::Command::new(bin)
         .args(["proxy", "--listen", "127.0.0.1:0", "--connect"])
         .arg(format!("unix:{}", sock.display()))
         .stderr(Stdio::piped())
@@ -205,7 +209,7 @@ async fn relays_a_connect_tunnel_with_half_close() {
 async fn survives_200_concurrent_connections_and_vanishing_peers() {
     let mut s = setup().await;
     let addr = s.agent.addr.clone();
-    let idle_rss = s.agent.rss_kib();
+    let idle_rss = s.agent.mem_kib("VmRSS:");
 
     // A long-lived tunnel that stays open across everything below.
     let mut survivor = connect_tunnel(&addr, "survivor:443").await;
@@ -245,7 +249,8 @@ async fn survives_200_concurrent_connections_and_vanishing_peers() {
     })
     .await
     .expect("200 tunnels in time");
-    let busy_rss = s.agent.rss_kib();
+    let busy_rss = s.agent.mem_kib("VmRSS:");
+    let peak_rss = s.agent.mem_kib("VmHWM:");
 
     // The survivor still works end to end.
     survivor.write_all(b"second half").await.unwrap();
@@ -279,5 +284,8 @@ async fn survives_200_concurrent_connections_and_vanishing_peers() {
         assert_eq!(ended[&format!("host{i}:443")], "eof");
     }
     assert!(s.seen.lock().unwrap().values().all(|n| *n == 1));
-    eprintln!("guest-agent proxy RSS: idle {idle_rss} KiB, after 200 tunnels {busy_rss} KiB");
+    eprintln!(
+        "guest-agent proxy RSS: idle {idle_rss} KiB, after 200 tunnels {busy_rss} KiB, \
+         peak {peak_rss} KiB"
+    );
 }
