@@ -114,6 +114,18 @@ impl TestBroker {
         })
     }
 
+    /// Every event received and not yet consumed, without waiting.
+    pub fn drain_events(&mut self) -> Vec<BrokerEvent> {
+        let mut out = Vec::new();
+        loop {
+            match self.events.try_recv() {
+                Ok(ev) => out.push(ev),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => return out,
+            }
+        }
+    }
+
     /// Waits for the first event `pick` accepts; other events are skipped.
     pub async fn wait_event<T>(
         &mut self,

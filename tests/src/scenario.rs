@@ -108,6 +108,20 @@ impl Scenario {
             .await
     }
 
+    /// The broker's audit records received so far (empty without a broker).
+    pub fn audit_records(&mut self) -> Vec<host_broker::AuditRecord> {
+        self.broker
+            .as_mut()
+            .map(|b| b.drain_events())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|ev| match ev {
+                host_broker::BrokerEvent::Request(rec) => Some(rec),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Everything the guest printed (its console).
     pub fn console(&self) -> String {
         self.vm.console().text()

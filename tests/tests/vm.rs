@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sluice_e2e::broker::PLACEHOLDER;
+use sluice_e2e::broker::{CREDENTIAL, PLACEHOLDER};
 use sluice_e2e::gate::vm_test;
 use sluice_e2e::image::InitrdSpec;
 use sluice_e2e::scenario::{Scenario, ScenarioSpec};
@@ -245,6 +245,27 @@ async fn containment_no_nic_no_direct_egress_denials_visible_no_leak() -> anyhow
             .iter()
             .all(|r| r.path == "/v1/echo-auth" || !r.contains(&s.canary)),
         "the real value went only to the allowed request"
+    );
+    // The broker's audit trail names the decisions (and credential names, never values).
+    let audit = s.audit_records();
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.host == "denied.example.com" && r.verdict == "denied" && r.status == 403),
+        "audit: denied host: {audit:?}"
+    );
+    assert!(
+        audit.iter().any(|r| r.host == "other.example.com"
+            && r.path == "/v1/wrong-host"
+            && r.verdict == "blocked"
+            && r.credentials == [CREDENTIAL]),
+        "audit: blocked placeholder: {audit:?}"
+    );
+    assert!(
+        audit.iter().any(|r| r.path == "/v1/echo-auth"
+            && r.verdict == "forwarded"
+            && r.credentials == [CREDENTIAL]),
+        "audit: substituted request: {audit:?}"
     );
     // The upstream echoes the real value it received; the guest sees only the placeholder.
     let req = s
