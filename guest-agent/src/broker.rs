@@ -69,8 +69,8 @@ pub async fn connect_with_backoff(
         }
         if attempt == 1 || attempt.is_multiple_of(5) {
             warn!(
-                "waiting for the broker at {endpoint} ({last}); retrying for {} s more",
-                remaining.as_secs()
+                "waiting for the broker at {endpoint} ({last}); retrying for {:.1} s more",
+                remaining.as_secs_f32()
             );
         }
         tokio::time::sleep(delay.min(remaining)).await;
