@@ -219,14 +219,7 @@ impl Broker {
         ));
         let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
         let entry = Arc::new(VmEntry::new(
-            VmState {
-                id: id.clone(),
-                policy: spec.policy,
-                creds: Arc::new(creds),
-                ca,
-                leaves,
-                closed: closed_rx,
-            },
+            VmState::new(id.clone(), spec.policy, creds, ca, leaves, closed_rx),
             closed_tx,
         ));
         let mut reg = Registered {
@@ -304,15 +297,9 @@ impl Broker {
                 vm: id.to_owned(),
                 source,
             })?;
-        let old = entry.current();
-        entry.replace(VmState {
-            id: old.id.clone(),
-            policy,
-            creds: Arc::new(creds),
-            ca: old.ca.clone(),
-            leaves: old.leaves.clone(),
-            closed: old.closed.clone(),
-        });
+        let next = entry.current().with_policy(policy);
+        next.set_credentials(creds);
+        entry.replace(next);
         tracing::info!(vm = %id, "VM policy updated");
         Ok(())
     }

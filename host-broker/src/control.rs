@@ -16,7 +16,7 @@ pub const GUEST_PROXY_PORT: u16 = 3128;
 
 /// The configuration a VM's agent receives: CA, placeholders + policy env, proxy port.
 pub(crate) fn guest_config(vm: &VmState) -> GuestConfig {
-    let mut env = vm.creds.guest_env();
+    let mut env = vm.current_credentials().guest_env();
     for (k, v) in &vm.policy.env {
         env.insert(k.clone(), v.clone());
     }

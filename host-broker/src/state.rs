@@ -10,12 +10,16 @@ use crate::secrets::CredentialSet;
 use crate::tls::{LeafCache, VmCa};
 use crate::BrokerEvent;
 
-/// One version of a VM's configuration. Replaced as a whole (a new `Arc`) on a live update,
-/// so a connection keeps a consistent view for its lifetime.
+/// One version of a VM's configuration. Replaced as a whole (a new `Arc`) on a live policy
+/// update, so a connection keeps a consistent egress view for its lifetime. Credentials are
+/// the exception: they live in a cell shared by every version, so a rotation reaches the next
+/// request of already-open (keep-alive) connections. Read them once per request with
+/// [`VmState::current_credentials`] and use that snapshot for the whole request + response.
 pub(crate) struct VmState {
     pub id: String,
     pub policy: Policy,
-    pub creds: Arc<CredentialSet>,
+    /// The VM's current credential set (shared by all versions of the state).
+    creds: Arc<RwLock<Arc<CredentialSet>>>,
     pub ca: Arc<VmCa>,
     pub leaves: Arc<LeafCache>,
     /// Becomes `true` when the VM is unregistered (shared by every version of the state).
@@ -23,6 +27,49 @@ pub(crate) struct VmState {
 }
 
 impl VmState {
+    /// A first version of a VM's state.
+    pub fn new(
+        id: String,
+        policy: Policy,
+        creds: CredentialSet,
+        ca: Arc<VmCa>,
+        leaves: Arc<LeafCache>,
+        closed: tokio::sync::watch::Receiver<bool>,
+    ) -> VmState {
+        VmState {
+            id,
+            policy,
+            creds: Arc::new(RwLock::new(Arc::new(creds))),
+            ca,
+            leaves,
+            closed,
+        }
+    }
+
+    /// A new version with another policy; CA, leaf cache, credential cell and close signal
+    /// are shared with `self`.
+    pub fn with_policy(&self, policy: Policy) -> VmState {
+        VmState {
+            id: self.id.clone(),
+            policy,
+            creds: self.creds.clone(),
+            ca: self.ca.clone(),
+            leaves: self.leaves.clone(),
+            closed: self.closed.clone(),
+        }
+    }
+
+    /// The credential set in force right now. Call once per request (not per connection):
+    /// rotations apply to the next request, open keep-alive connections included.
+    pub fn current_credentials(&self) -> Arc<CredentialSet> {
+        self.creds.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Swaps the credential set for every connection of this VM (next request on).
+    pub fn set_credentials(&self, creds: CredentialSet) {
+        *self.creds.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(creds);
+    }
+
     /// Completes once the VM is unregistered.
     pub async fn closed(&self) {
         let mut rx = self.closed.clone();

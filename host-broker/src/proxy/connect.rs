@@ -25,7 +25,7 @@ use super::headers::{host_header, host_without_port, strip_hop_by_hop};
 use super::{record, refuse, HEADER_READ_TIMEOUT};
 use crate::audit::{self, PendingAudit};
 use crate::policy::resolve_target;
-use crate::secrets::{GateContext, Verdict};
+use crate::secrets::{CredentialSet, GateContext, Verdict};
 use crate::state::{Shared, VmState};
 use crate::upstream;
 
@@ -217,11 +217,9 @@ impl Tunnel {
             authority_matches: true,
             dialed_by_name: host.parse::<IpAddr>().is_err(),
         };
-        match self
-            .vm
-            .creds
-            .apply_request_headers(&mut parts.headers, &ctx)
-        {
+        // One credential snapshot per request (rotations reach open connections).
+        let creds = self.vm.current_credentials();
+        match creds.apply_request_headers(&mut parts.headers, &ctx) {
             Verdict::Block { reason, violations } => {
                 rec.credentials = violations.iter().map(|v| v.credential.clone()).collect();
                 return refuse(&self.shared, rec, StatusCode::FORBIDDEN, &reason);
@@ -266,7 +264,7 @@ impl Tunnel {
             s.send_request(req).await
         };
         match result {
-            Ok(resp) => respond(resp, rec, &self.vm, &self.shared),
+            Ok(resp) => respond(resp, rec, &creds, &self.shared),
             Err(e) => {
                 let reason = format!("upstream {host}: {e}");
                 refuse(&self.shared, rec, StatusCode::BAD_GATEWAY, &reason)
@@ -305,12 +303,12 @@ pub(super) fn origin_form(uri: &Uri) -> Uri {
 pub(super) fn respond(
     resp: Response<Incoming>,
     mut rec: audit::AuditRecord,
-    vm: &VmState,
+    creds: &CredentialSet,
     shared: &Shared,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let scrubbed = vm.creds.scrub_response_headers(&mut parts.headers);
+    let scrubbed = creds.scrub_response_headers(&mut parts.headers);
     if scrubbed > 0 {
         tracing::warn!(
             scrubbed,
@@ -323,11 +321,11 @@ pub(super) fn respond(
     // Scrub bodies only when there is something to scrub (the scrubber changes lengths, so
     // Content-Length goes and the guest gets a chunked body). Compressed bodies are not
     // decoded: see host-broker/README.md.
-    let scrubber = if vm.creds.is_empty() || body.is_end_stream() {
+    let scrubber = if creds.is_empty() || body.is_end_stream() {
         None
     } else {
         parts.headers.remove(http::header::CONTENT_LENGTH);
-        Some(vm.creds.scrubber())
+        Some(creds.scrubber())
     };
     Response::from_parts(parts, body::counted(body, pending, scrubber))
 }

@@ -77,7 +77,8 @@ pub(super) async fn handle(
         authority_matches: true,
         dialed_by_name: host.parse::<IpAddr>().is_err(),
     };
-    match vm.creds.check_plaintext_headers(&parts.headers, &ctx) {
+    let creds = vm.current_credentials();
+    match creds.check_plaintext_headers(&parts.headers, &ctx) {
         Verdict::Block { reason, violations } => {
             rec.credentials = violations.iter().map(|v| v.credential.clone()).collect();
             return refuse(&shared, rec, StatusCode::FORBIDDEN, &reason);
@@ -103,7 +104,7 @@ pub(super) async fn handle(
     };
     parts.uri = origin_form(&parts.uri);
     match sender.send_request(Request::from_parts(parts, body)).await {
-        Ok(resp) => respond(resp, rec, &vm, &shared),
+        Ok(resp) => respond(resp, rec, &creds, &shared),
         Err(e) => {
             let reason = format!("upstream {host}: {e}");
             refuse(&shared, rec, StatusCode::BAD_GATEWAY, &reason)
