@@ -62,7 +62,14 @@ enum Handover {
 
 /// Entry point when running as PID 1. Never returns.
 pub fn run_pid1() -> ! {
-    match boot() {
+    // A bug that panics must still end in a clean power-off, never in PID 1 exiting.
+    let outcome = std::panic::catch_unwind(boot).unwrap_or_else(|_| {
+        Err(Fatal {
+            status: status::SOFTWARE,
+            message: "internal error (panic)".into(),
+        })
+    });
+    match outcome {
         Ok(Handover::PowerOff(status)) => power_off(status),
         Ok(Handover::ExecInit(init)) => {
             info!("handing over to {init}");
