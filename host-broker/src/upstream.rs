@@ -80,7 +80,8 @@ pub fn client_config(extra_roots: &[PathBuf]) -> Result<Arc<ClientConfig>, Trust
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The upstream picks: h2 where it supports it, else HTTP/1.1 (no ALPN answer = 1.1).
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 

@@ -86,7 +86,8 @@ async fn curl_through_the_broker() {
         "https://other.test/x",
     ])
     .await;
-    assert!(out.contains("HTTP/1.1 403"), "{out} {err}");
+    // curl negotiates h2 with the broker's leaf (ALPN h2, http/1.1).
+    assert!(out.contains("HTTP/2 403"), "{out} {err}");
     assert!(
         out.to_ascii_lowercase().contains("x-sluice-reason: "),
         "{out}"

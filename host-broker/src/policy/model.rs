@@ -26,6 +26,21 @@ pub struct Policy {
     pub resolve: BTreeMap<String, SocketAddr>,
     #[serde(default)]
     pub intercept: InterceptMode,
+    /// Largest request body (bytes) the broker buffers to look for placeholders; see
+    /// docs/policy.md "Bodies". Default [`DEFAULT_MAX_INSPECTED_BODY`].
+    #[serde(default)]
+    pub max_inspected_body: Option<u64>,
+}
+
+/// Default for [`Policy::max_inspected_body`]: 8 MiB.
+pub const DEFAULT_MAX_INSPECTED_BODY: u64 = 8 << 20;
+
+impl Policy {
+    /// [`Policy::max_inspected_body`] or its default.
+    pub fn body_limit(&self) -> u64 {
+        self.max_inspected_body
+            .unwrap_or(DEFAULT_MAX_INSPECTED_BODY)
+    }
 }
 
 /// What may be reached at all.

@@ -10,6 +10,9 @@ mod body;
 mod connect;
 mod headers;
 mod plain;
+mod request_body;
+mod tunnel;
+mod upstream_conn;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -10,8 +10,10 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::ProxyBody;
-use super::connect::{handshake, origin_form, respond};
+use super::connect::respond;
 use super::headers::{host_header, host_without_port, strip_hop_by_hop};
+use super::request_body::{self, Inspected};
+use super::upstream_conn::UpstreamConn;
 use super::{record, refuse};
 use crate::policy::resolve_target;
 use crate::secrets::{GateContext, Verdict};
@@ -91,19 +93,42 @@ pub(super) async fn handle(
             }
         }
     }
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    if let (Verdict::Block { reason, violations }, _) = creds.apply_request_target(&pq, &ctx, true)
+    {
+        rec.credentials = violations.iter().map(|v| v.credential.clone()).collect();
+        let reason = format!("request target: {reason}");
+        return refuse(&shared, rec, StatusCode::FORBIDDEN, &reason);
+    }
+    let cap = vm.policy.body_limit();
+    let body = match request_body::inspect(body, &creds, &ctx, true, cap).await {
+        Inspected::Refuse {
+            status,
+            reason,
+            credentials,
+        } => {
+            rec.credentials = credentials;
+            return refuse(&shared, rec, status, &reason);
+        }
+        Inspected::Forward { body, .. } => body,
+    };
     let tcp = match upstream::dial(addr).await {
         Ok(t) => t,
         Err(e) => return refuse(&shared, rec, StatusCode::BAD_GATEWAY, &e.to_string()),
     };
-    let mut sender = match handshake(tcp).await {
+    let mut conn = match UpstreamConn::handshake(tcp, false).await {
         Ok(s) => s,
         Err(e) => {
             let reason = format!("upstream {host}: {e}");
             return refuse(&shared, rec, StatusCode::BAD_GATEWAY, &reason);
         }
     };
-    parts.uri = origin_form(&parts.uri);
-    match sender.send_request(Request::from_parts(parts, body)).await {
+    let req = Request::from_parts(parts, body);
+    match conn.send(req, "http", authority.as_str()).await {
         Ok(resp) => respond(resp, rec, &creds, &shared),
         Err(e) => {
             let reason = format!("upstream {host}: {e}");

@@ -27,14 +27,14 @@ fn basic_payload(v: &[u8]) -> Option<&[u8]> {
 
 impl CredentialSet {
     /// Credentials whose placeholder occurs in `hay` (raw automaton search).
-    fn hits_in(&self, hay: &[u8], out: &mut BTreeSet<usize>) {
+    pub(super) fn hits_in(&self, hay: &[u8], out: &mut BTreeSet<usize>) {
         for m in self.placeholders.find_iter(hay) {
             out.insert(self.placeholder_owner[m.pattern().as_usize()]);
         }
     }
 
     /// Every credential whose placeholder occurs in a header value in any form we decode.
-    fn scan_value(&self, v: &[u8], out: &mut BTreeSet<usize>) {
+    pub(super) fn scan_value(&self, v: &[u8], out: &mut BTreeSet<usize>) {
         self.hits_in(v, out);
         if let Some(b64) = basic_payload(v) {
             if let Ok(decoded) = STANDARD.decode(b64) {
@@ -65,7 +65,7 @@ impl CredentialSet {
     }
 
     /// Splits hits into violations (with the failing gate) and credentials cleared to send.
-    fn judge(
+    pub(super) fn judge(
         &self,
         hits: &BTreeSet<usize>,
         gate_for: impl Fn(usize) -> Option<Gate>,
@@ -81,7 +81,7 @@ impl CredentialSet {
         (violations, cleared)
     }
 
-    fn violations_out(&self, v: &[(usize, Gate)]) -> Vec<Violation> {
+    pub(super) fn violations_out(&self, v: &[(usize, Gate)]) -> Vec<Violation> {
         v.iter()
             .map(|(i, g)| Violation {
                 credential: self.creds[*i].name.clone(),
@@ -91,7 +91,11 @@ impl CredentialSet {
     }
 
     /// Block if any violating credential says `block`.
-    fn block_if_needed(&self, target: &str, violations: &[(usize, Gate)]) -> Option<Verdict> {
+    pub(super) fn block_if_needed(
+        &self,
+        target: &str,
+        violations: &[(usize, Gate)],
+    ) -> Option<Verdict> {
         let blocking: Vec<(String, Gate)> = violations
             .iter()
             .filter(|(i, _)| self.creds[*i].on_violation == OnViolation::Block)

@@ -10,6 +10,7 @@ mod env;
 mod error;
 mod gate;
 mod headers;
+mod payload;
 mod scrub;
 mod set;
 mod value;

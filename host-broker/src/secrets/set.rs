@@ -26,6 +26,10 @@ pub(crate) struct Credential {
     pub(crate) value: SecretValue,
     pub(crate) hosts: Vec<HostPattern>,
     pub(crate) in_headers: bool,
+    /// Substituted in the query string (`in: ["query"]`).
+    pub(crate) in_query: bool,
+    /// Substituted in request bodies (`in: ["body"]`).
+    pub(crate) in_body: bool,
     pub(crate) inject: Vec<InjectRule>,
     pub(crate) on_violation: OnViolation,
 }
@@ -112,7 +116,7 @@ fn file_path(p: &Path, env: &dyn EnvSource) -> PathBuf {
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
-fn percent_encode(s: &[u8]) -> Vec<u8> {
+pub(crate) fn percent_encode(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     for &b in s {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -177,6 +181,8 @@ impl CredentialSet {
                 value,
                 hosts,
                 in_headers: spec.locations.contains(&Location::Headers),
+                in_query: spec.locations.contains(&Location::Query),
+                in_body: spec.locations.contains(&Location::Body),
                 inject: spec.inject.clone(),
                 on_violation: spec.on_violation,
             });

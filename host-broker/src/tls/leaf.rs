@@ -183,7 +183,8 @@ impl LeafCache {
                 .with_safe_default_protocol_versions()?
                 .with_no_client_auth()
                 .with_single_cert(chain, key_der)?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Offer both; the guest's choice only decides the framing of its side.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         self.minted.fetch_add(1, Ordering::Relaxed);
         Ok(Leaf {
             config: Arc::new(config),

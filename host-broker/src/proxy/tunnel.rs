@@ -1,0 +1,303 @@
+//! One intercepted CONNECT tunnel: the guest's TLS (leaf for the CONNECT host, SNI checked),
+//! HTTP/1.1 or HTTP/2 by the guest's ALPN, and every request on it gated on its own.
+//!
+//! Authority rule: a request whose authority (HTTP/1.1 `Host`, HTTP/2 `:authority`, port
+//! stripped) is not the CONNECT host never goes upstream. HTTP/1.1 gets `403`; HTTP/2 gets
+//! `421 Misdirected Request` (RFC 9110 15.5.20), which tells a coalescing client to open a
+//! new connection for that authority -- where it will get its own CONNECT, policy check and
+//! leaf.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::header::{CONTENT_LENGTH, TE};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::body::ProxyBody;
+use super::connect::respond;
+use super::headers::{host_header, host_without_port, strip_hop_by_hop};
+use super::request_body::{self, Inspected};
+use super::upstream_conn::UpstreamConn;
+use super::{record, refuse, HEADER_READ_TIMEOUT};
+use crate::audit;
+use crate::secrets::{GateContext, Verdict};
+use crate::state::{Shared, VmState};
+use crate::upstream;
+
+/// Concurrent streams a guest may open on one HTTP/2 connection.
+const H2_MAX_STREAMS: u32 = 100;
+
+type UpstreamTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+pub(super) struct Tunnel {
+    pub host: String,
+    pub addr: SocketAddr,
+    pub vm: Arc<VmState>,
+    pub shared: Arc<Shared>,
+}
+
+fn negotiated_h2(up: &UpstreamTls) -> bool {
+    up.get_ref().1.alpn_protocol() == Some(b"h2")
+}
+
+impl Tunnel {
+    pub async fn intercept(
+        self,
+        io: TokioIo<hyper::upgrade::Upgraded>,
+        leaf: Arc<rustls::ServerConfig>,
+        up: UpstreamTls,
+    ) {
+        let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+        let start = match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return tracing::info!(error = %e, "guest TLS hello failed"),
+            Err(_) => return tracing::info!("guest sent no TLS hello in time"),
+        };
+        let sni = start
+            .client_hello()
+            .server_name()
+            .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+        let is_ip = self.host.parse::<IpAddr>().is_ok();
+        let sni_ok = match &sni {
+            Some(s) => *s == self.host,
+            None => is_ip, // clients send no SNI for IP literals
+        };
+        if !sni_ok {
+            let rec = audit::AuditRecord {
+                vm: self.vm.id.clone(),
+                host: self.host.clone(),
+                method: "CONNECT".into(),
+                path: String::new(),
+                credentials: Vec::new(),
+                verdict: "blocked".into(),
+                status: 0,
+                bytes: 0,
+            };
+            tracing::warn!(sni = ?sni, "closing tunnel: TLS SNI does not match the CONNECT host");
+            return audit::emit(&self.shared.events, rec);
+        }
+        let tls = match start.into_stream(leaf).await {
+            Ok(t) => t,
+            Err(e) => return tracing::info!(error = %e, "guest TLS handshake failed"),
+        };
+        let guest_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let up_h2 = negotiated_h2(&up);
+        tracing::debug!(guest_h2, upstream_h2 = up_h2, "tunnel protocols");
+        let conn = match UpstreamConn::handshake(up, up_h2).await {
+            Ok(s) => s,
+            Err(e) => return tracing::info!(error = %e, "upstream HTTP handshake failed"),
+        };
+        let this = Arc::new(self);
+        let conn = Arc::new(tokio::sync::Mutex::new(Some(conn)));
+        let svc = service_fn(move |req| {
+            let this = this.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, std::convert::Infallible>(this.forward(req, &conn).await) }
+        });
+        let io = TokioIo::new(tls);
+        let result = if guest_h2 {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(H2_MAX_STREAMS)
+                .serve_connection(io, svc)
+                .await
+        } else {
+            hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(true)
+                .serve_connection(io, svc)
+                .await
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "intercepted connection ended with an error");
+        }
+    }
+
+    /// The authority the guest asked for, if it is this tunnel's host. Err = the reason.
+    fn check_authority(&self, req: &Request<Incoming>) -> Result<String, String> {
+        let host = &self.host;
+        let uri_auth = req.uri().authority().map(|a| a.as_str().to_owned());
+        let header = host_header(req.headers());
+        let has_host = req.headers().contains_key(http::header::HOST);
+        let claimed = match (&uri_auth, &header, has_host) {
+            // Host repeated or not UTF-8.
+            (_, None, true) => return Err("repeated or invalid Host header".into()),
+            (Some(u), Some(h), _) if host_without_port(u) != *h => {
+                return Err(format!("URI authority {u} and Host {h} disagree"))
+            }
+            (Some(u), _, _) => u.clone(),
+            (None, Some(_), _) => req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+            (None, None, false) => return Err("request has no Host header".into()),
+        };
+        if host_without_port(&claimed) == *host {
+            Ok(claimed)
+        } else {
+            Err(format!(
+                "request authority {claimed} does not match the CONNECT host {host}"
+            ))
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        conn: &tokio::sync::Mutex<Option<UpstreamConn>>,
+    ) -> Response<ProxyBody> {
+        let host = &self.host;
+        let mut rec = record(&self.vm, &req, host);
+        let h2_guest = req.version() == Version::HTTP_2;
+        let authority = match self.check_authority(&req) {
+            Ok(a) => a,
+            Err(reason) => {
+                let status = if h2_guest {
+                    StatusCode::MISDIRECTED_REQUEST
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                rec.verdict = "blocked".into();
+                return refuse(&self.shared, rec, status, &reason);
+            }
+        };
+        let (mut parts, body) = req.into_parts();
+        let te_trailers = parts
+            .headers
+            .get(TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        strip_hop_by_hop(&mut parts.headers);
+        let ctx = GateContext {
+            target_host: host,
+            tls_verified: true,
+            authority_matches: true,
+            dialed_by_name: host.parse::<IpAddr>().is_err(),
+        };
+        // One credential snapshot per request (rotations reach open connections).
+        let creds = self.vm.current_credentials();
+        let mut substituted = match creds.apply_request_headers(&mut parts.headers, &ctx) {
+            Verdict::Block { reason, violations } => {
+                rec.credentials = violations.iter().map(|v| v.credential.clone()).collect();
+                return refuse(&self.shared, rec, StatusCode::FORBIDDEN, &reason);
+            }
+            Verdict::Forward {
+                substituted,
+                logged_violations,
+            } => {
+                for v in &logged_violations {
+                    tracing::warn!(credential = %v.credential, gate = %v.gate, "placeholder forwarded unchanged (on_violation = log)");
+                }
+                substituted
+            }
+        };
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into());
+        match creds.apply_request_target(&pq, &ctx, false) {
+            (Verdict::Block { reason, violations }, _) => {
+                rec.credentials = violations.iter().map(|v| v.credential.clone()).collect();
+                let reason = format!("request target: {reason}");
+                return refuse(&self.shared, rec, StatusCode::FORBIDDEN, &reason);
+            }
+            (Verdict::Forward { substituted: s, .. }, new) => {
+                substituted.extend(s);
+                if let Some(new) = new {
+                    match new.parse() {
+                        Ok(u) => parts.uri = u,
+                        Err(_) => {
+                            return refuse(
+                                &self.shared,
+                                rec,
+                                StatusCode::BAD_REQUEST,
+                                "request target invalid after substitution",
+                            )
+                        }
+                    }
+                }
+            }
+        }
+        let cap = self.vm.policy.body_limit();
+        let body = match request_body::inspect(body, &creds, &ctx, false, cap).await {
+            Inspected::Refuse {
+                status,
+                reason,
+                credentials,
+            } => {
+                rec.credentials = credentials;
+                return refuse(&self.shared, rec, status, &reason);
+            }
+            Inspected::Forward {
+                body,
+                len,
+                substituted: s,
+            } => {
+                substituted.extend(s);
+                if let Some(len) = len {
+                    parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+                }
+                body
+            }
+        };
+        substituted.sort();
+        substituted.dedup();
+        rec.credentials = substituted;
+        let mut req = Request::from_parts(parts, body);
+        let result = {
+            let mut guard = conn.lock().await;
+            let ready = match guard.as_mut() {
+                Some(c) => c.ready().await,
+                None => false,
+            };
+            if !ready {
+                *guard = None;
+                match upstream::dial_tls(&self.shared.upstream_tls, host, self.addr).await {
+                    Ok(up) => {
+                        let h2 = negotiated_h2(&up);
+                        match UpstreamConn::handshake(up, h2).await {
+                            Ok(c) => *guard = Some(c),
+                            Err(e) => {
+                                let reason = format!("upstream {host}: {e}");
+                                return refuse(&self.shared, rec, StatusCode::BAD_GATEWAY, &reason);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        return refuse(&self.shared, rec, StatusCode::BAD_GATEWAY, &e.to_string())
+                    }
+                }
+            }
+            let Some(c) = guard.as_mut() else {
+                let reason = format!("upstream {host}: no connection");
+                return refuse(&self.shared, rec, StatusCode::BAD_GATEWAY, &reason);
+            };
+            if c.is_h2() && te_trailers {
+                req.headers_mut()
+                    .insert(TE, HeaderValue::from_static("trailers"));
+            }
+            match c.shared() {
+                // HTTP/2: release the lock, other streams go concurrently.
+                Some(mut s) => {
+                    drop(guard);
+                    s.send(req, "https", &authority).await
+                }
+                None => c.send(req, "https", &authority).await,
+            }
+        };
+        match result {
+            Ok(resp) => respond(resp, rec, &creds, &self.shared),
+            Err(e) => {
+                let reason = format!("upstream {host}: {e}");
+                refuse(&self.shared, rec, StatusCode::BAD_GATEWAY, &reason)
+            }
+        }
+    }
+}
