@@ -6,10 +6,40 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
+use crate::metrics::Metrics;
 use crate::BrokerEvent;
+
+/// Where events go: the broadcast channel embedders subscribe to, plus the statistics and
+/// metrics derived from them. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    tx: broadcast::Sender<BrokerEvent>,
+    metrics: Arc<Metrics>,
+}
+
+impl EventSink {
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> EventSink {
+        let (tx, _) = broadcast::channel(capacity);
+        EventSink { tx, metrics }
+    }
+
+    /// Broadcasts an event; returns the number of subscribers reached (none is fine).
+    pub fn send(&self, ev: BrokerEvent) -> usize {
+        self.tx.send(ev).unwrap_or(0)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<BrokerEvent> {
+        self.tx.subscribe()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
 
 /// What happened to one request.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -39,8 +69,13 @@ pub fn path_only(target: &str) -> String {
     }
 }
 
-/// Emits the record as a tracing event and a broker event.
-pub fn emit(events: &broadcast::Sender<BrokerEvent>, rec: AuditRecord) {
+/// Emits the record as a tracing event and a broker event, and counts it.
+pub fn emit(events: &EventSink, rec: AuditRecord) {
+    emit_timed(events, rec, None)
+}
+
+fn emit_timed(events: &EventSink, rec: AuditRecord, duration: Option<Duration>) {
+    events.metrics.record(&rec, duration);
     tracing::info!(
         target: "sluice::audit",
         vm = %rec.vm,
@@ -54,7 +89,7 @@ pub fn emit(events: &broadcast::Sender<BrokerEvent>, rec: AuditRecord) {
         "request"
     );
     // No subscribers is fine.
-    let _ = events.send(BrokerEvent::Request(rec));
+    events.send(BrokerEvent::Request(rec));
 }
 
 /// Emits its record when dropped, with the byte count accumulated meanwhile: attached to a
@@ -63,15 +98,17 @@ pub fn emit(events: &broadcast::Sender<BrokerEvent>, rec: AuditRecord) {
 pub struct PendingAudit {
     rec: Option<AuditRecord>,
     bytes: Arc<AtomicU64>,
-    events: broadcast::Sender<BrokerEvent>,
+    events: EventSink,
+    started: Instant,
 }
 
 impl PendingAudit {
-    pub fn new(rec: AuditRecord, events: broadcast::Sender<BrokerEvent>) -> PendingAudit {
+    pub fn new(rec: AuditRecord, events: EventSink) -> PendingAudit {
         PendingAudit {
             rec: Some(rec),
             bytes: Arc::default(),
             events,
+            started: Instant::now(),
         }
     }
 
@@ -84,7 +121,7 @@ impl Drop for PendingAudit {
     fn drop(&mut self) {
         if let Some(mut rec) = self.rec.take() {
             rec.bytes = self.bytes.load(Ordering::Relaxed);
-            emit(&self.events, rec);
+            emit_timed(&self.events, rec, Some(self.started.elapsed()));
         }
     }
 }

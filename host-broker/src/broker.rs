@@ -4,18 +4,21 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use std::collections::BTreeMap;
+
 use tokio::sync::broadcast;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
 
-use crate::audit::AuditRecord;
-use crate::policy::Policy;
+use crate::audit::{AuditRecord, EventSink};
+use crate::metrics::{Metrics, VmStats};
+use crate::policy::{CredentialSpec, Policy};
 use crate::secrets::{CredentialError, CredentialSet, EnvSource, ProcessEnv};
 use crate::state::{Shared, VmEntry, VmState};
 use crate::tls::{CaError, LeafCache, SystemClock, VmCa};
 use crate::transport::unix::{hybrid_listen_path, HybridListener};
 use crate::transport::vsock::CidListener;
-use crate::transport::{Listener, Origin, TransportError};
+use crate::transport::{Origin, TransportError};
 use crate::upstream::{self, TrustError};
 
 /// Broker-wide settings.
@@ -77,6 +80,8 @@ pub enum BrokerError {
         "VM id {0:?} is invalid: use 1-64 characters from [A-Za-z0-9._-], not starting with '.'"
     )]
     BadVmId(String),
+    #[error("socket {path} is already used by VM {vm:?}")]
+    DuplicateSocket { path: PathBuf, vm: String },
     #[error("CID {cid} is already used by VM {vm:?}")]
     DuplicateCid { cid: u32, vm: String },
     #[error("VM {vm:?}: policy: {source}")]
@@ -117,8 +122,24 @@ struct Registered {
     cid: Option<u32>,
 }
 
+/// What [`Broker::list_vms`] reports about one VM.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VmInfo {
+    pub id: String,
+    /// Hybrid transport: the `<socket>_<port>` path the broker listens on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_path: Option<PathBuf>,
+    /// AF_VSOCK transport: the guest CID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cid: Option<u32>,
+    /// Credential names (never values).
+    pub credentials: Vec<String>,
+}
+
 struct Inner {
     config: BrokerConfig,
+    /// Serializes read-modify-write updates of one VM's policy/credentials.
+    update_lock: tokio::sync::Mutex<()>,
     shared: Arc<Shared>,
     vms: RwLock<HashMap<String, Registered>>,
     cids: Arc<RwLock<HashMap<u32, Arc<VmEntry>>>>,
@@ -160,10 +181,11 @@ impl Broker {
                 source,
             })?;
         let upstream_tls = upstream::client_config(&config.upstream_extra_roots)?;
-        let (events, _) = broadcast::channel(1024);
+        let events = EventSink::new(1024, Arc::new(Metrics::new()));
         Ok(Broker {
             inner: Arc::new(Inner {
                 config,
+                update_lock: tokio::sync::Mutex::new(()),
                 shared: Arc::new(Shared {
                     events,
                     upstream_tls,
@@ -231,14 +253,21 @@ impl Broker {
         match &spec.transport {
             VmTransport::HybridSocket(vmm_socket) => {
                 let path = hybrid_listen_path(vmm_socket, self.inner.config.vsock_port);
+                // Binding would replace the other VM's listener socket: refuse instead.
+                if let Some(other) = self
+                    .read_vms()
+                    .values()
+                    .find(|r| r.socket.as_deref() == Some(path.as_path()))
+                {
+                    return Err(BrokerError::DuplicateSocket {
+                        path,
+                        vm: other.entry.id.clone(),
+                    });
+                }
                 let listener = HybridListener::bind(&path)?;
                 tracing::info!(vm = %id, path = %path.display(), "listening for VM streams");
                 reg.socket = Some(path);
-                reg.task = Some(spawn_vm_loop(
-                    Listener::Unix(listener),
-                    entry,
-                    self.inner.shared.clone(),
-                ));
+                reg.task = Some(spawn_vm_loop(listener, entry, self.inner.shared.clone()));
             }
             VmTransport::Cid(cid) => {
                 self.ensure_vsock_listener()?;
@@ -259,6 +288,7 @@ impl Broker {
                 Some(reg)
             } else {
                 vms.insert(id.clone(), reg);
+                self.inner.shared.events.metrics().add_vm(&id);
                 None
             }
         };
@@ -283,11 +313,8 @@ impl Broker {
         policy: Policy,
         env: &dyn EnvSource,
     ) -> Result<(), BrokerError> {
-        let entry = self
-            .read_vms()
-            .get(id)
-            .map(|r| r.entry.clone())
-            .ok_or_else(|| BrokerError::UnknownVm(id.to_owned()))?;
+        let _guard = self.inner.update_lock.lock().await;
+        let entry = self.entry(id)?;
         policy.validate().map_err(|source| BrokerError::Policy {
             vm: id.to_owned(),
             source,
@@ -304,6 +331,105 @@ impl Broker {
         Ok(())
     }
 
+    /// Rotates credentials with merge semantics: each named credential is replaced
+    /// (`Some(spec)`, also adds a new one) or removed (`None`); others are untouched. Takes
+    /// effect for the next request of every connection of the VM, open keep-alive connections
+    /// included. Egress rules are unchanged. Nothing changes if the result is invalid.
+    pub async fn set_credentials(
+        &self,
+        id: &str,
+        changes: BTreeMap<String, Option<CredentialSpec>>,
+    ) -> Result<(), BrokerError> {
+        self.set_credentials_with_env(id, changes, &ProcessEnv)
+            .await
+    }
+
+    /// Like [`Broker::set_credentials`], reading `env` credential sources from `env`.
+    pub async fn set_credentials_with_env(
+        &self,
+        id: &str,
+        changes: BTreeMap<String, Option<CredentialSpec>>,
+        env: &dyn EnvSource,
+    ) -> Result<(), BrokerError> {
+        let _guard = self.inner.update_lock.lock().await;
+        let entry = self.entry(id)?;
+        let current = entry.current();
+        let mut policy = current.policy.clone();
+        for (name, change) in changes {
+            match change {
+                Some(spec) => policy.credentials.insert(name, spec),
+                None => policy.credentials.remove(&name),
+            };
+        }
+        policy.validate().map_err(|source| BrokerError::Policy {
+            vm: id.to_owned(),
+            source,
+        })?;
+        let creds =
+            CredentialSet::load(&policy, env).map_err(|source| BrokerError::Credentials {
+                vm: id.to_owned(),
+                source,
+            })?;
+        // The shared cell reaches open connections; the new version carries the merged specs
+        // for later rotations.
+        current.set_credentials(creds);
+        entry.replace(current.with_policy(policy));
+        tracing::info!(vm = %id, "VM credentials updated");
+        Ok(())
+    }
+
+    /// The VM's policy as currently in force (credential values are redacted in Debug).
+    pub fn policy(&self, id: &str) -> Option<Policy> {
+        self.read_vms()
+            .get(id)
+            .map(|r| r.entry.current().policy.clone())
+    }
+
+    /// Counters of a registered VM since it was registered in this process.
+    pub fn stats(&self, id: &str) -> Option<VmStats> {
+        self.inner.shared.events.metrics().stats(id)
+    }
+
+    /// Prometheus text exposition of the broker's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.inner.shared.events.metrics().encode()
+    }
+
+    /// The registered VMs, sorted by id.
+    pub fn list_vms(&self) -> Vec<VmInfo> {
+        let mut v: Vec<VmInfo> = self
+            .read_vms()
+            .iter()
+            .map(|(id, r)| VmInfo {
+                id: id.clone(),
+                listen_path: r.socket.clone(),
+                cid: r.cid,
+                credentials: r
+                    .entry
+                    .current()
+                    .policy
+                    .credentials
+                    .keys()
+                    .cloned()
+                    .collect(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Whether `id` is registered.
+    pub fn has_vm(&self, id: &str) -> bool {
+        self.read_vms().contains_key(id)
+    }
+
+    fn entry(&self, id: &str) -> Result<Arc<VmEntry>, BrokerError> {
+        self.read_vms()
+            .get(id)
+            .map(|r| r.entry.clone())
+            .ok_or_else(|| BrokerError::UnknownVm(id.to_owned()))
+    }
+
     /// Stops serving a VM: closes its listener and its connections, removes its socket file.
     /// Its CA stays in the state dir (a re-registered VM keeps trusting the same CA).
     pub async fn unregister_vm(&self, id: &str) -> Result<(), BrokerError> {
@@ -314,6 +440,7 @@ impl Broker {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id)
             .ok_or_else(|| BrokerError::UnknownVm(id.to_owned()))?;
+        self.inner.shared.events.metrics().remove_vm(id);
         stop(reg, &self.inner.cids).await;
         tracing::info!(vm = %id, "VM unregistered");
         Ok(())
@@ -332,7 +459,7 @@ impl Broker {
     }
 
     /// Stops every listener and connection.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         let regs: Vec<Registered> = self
             .inner
             .vms
@@ -402,13 +529,25 @@ async fn stop(reg: Registered, cids: &RwLock<HashMap<u32, Arc<VmEntry>>>) {
     }
 }
 
+/// How often a hybrid listener checks that its socket file still exists.
+const SOCKET_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Accept loop of one hybrid-socket VM. Connections live in a JoinSet owned by the loop, so
-/// aborting the loop (unregister) also ends them.
-fn spawn_vm_loop(listener: Listener, vm: Arc<VmEntry>, shared: Arc<Shared>) -> JoinHandle<()> {
+/// aborting the loop (unregister) also ends them. If the listener's socket file disappears
+/// (someone cleaned the directory), the loop binds it again so the VMM can still connect;
+/// open streams are unaffected.
+fn spawn_vm_loop(
+    listener: HybridListener,
+    vm: Arc<VmEntry>,
+    shared: Arc<Shared>,
+) -> JoinHandle<()> {
     let span = tracing::info_span!("vm", vm = %vm.id);
     tokio::spawn(
         async move {
+            let mut listener = listener;
             let mut conns = JoinSet::new();
+            let mut check = tokio::time::interval(SOCKET_CHECK_INTERVAL);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     acc = listener.accept() => match acc {
@@ -425,6 +564,23 @@ fn spawn_vm_loop(listener: Listener, vm: Arc<VmEntry>, shared: Arc<Shared>) -> J
                         }
                     },
                     Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                    _ = check.tick() => {
+                        let path = listener.path().to_path_buf();
+                        if let Err(e) = std::fs::symlink_metadata(&path) {
+                            if e.kind() == std::io::ErrorKind::NotFound {
+                                match HybridListener::bind(&path) {
+                                    Ok(l) => {
+                                        tracing::warn!(path = %path.display(), "listener socket file disappeared: bound it again");
+                                        // The old listener's Drop removes `path`, which is now
+                                        // the new socket: forget the old path first.
+                                        let old = std::mem::replace(&mut listener, l);
+                                        old.disown_path();
+                                    }
+                                    Err(e) => tracing::warn!(error = %e, "listener socket file disappeared and binding it again failed"),
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -4,6 +4,9 @@
 //! state_dir = "/var/lib/sluice"
 //! vsock_port = 7070                 # optional, default 7070
 //! upstream_extra_roots = []         # optional: PEM files trusted for upstreams
+//! control_socket = "/run/sluice/control.sock"  # optional, this default
+//! allowed_uids = [0, 990]           # optional, default: the daemon's uid and 0
+//! metrics_listen = "127.0.0.1:9464" # optional: also serve /metrics over TCP
 //!
 //! [[vms]]
 //! id = "vm1"
@@ -45,8 +48,25 @@ struct RawConfig {
     vsock_port: Option<u32>,
     #[serde(default)]
     upstream_extra_roots: Vec<PathBuf>,
+    control_socket: Option<PathBuf>,
+    allowed_uids: Option<Vec<u32>>,
+    metrics_listen: Option<std::net::SocketAddr>,
     #[serde(default)]
     vms: Vec<RawVm>,
+}
+
+/// Where the control API listens by default.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/sluice/control.sock";
+
+/// The daemon's control API settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// Unix socket of the control API (created 0600).
+    pub socket: PathBuf,
+    /// Peer uids allowed on the socket (SO_PEERCRED).
+    pub allowed_uids: Vec<u32>,
+    /// Optional TCP address serving `/metrics` only.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +83,8 @@ struct RawVm {
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub broker: BrokerConfig,
+    pub control: ControlConfig,
+    /// VMs declared in the file (not persisted: the file is their source of truth).
     pub vms: Vec<VmSpec>,
 }
 
@@ -134,7 +156,23 @@ impl ServeConfig {
                 policy,
             });
         }
+        let mut allowed_uids = raw.allowed_uids.unwrap_or_else(|| {
+            let me = nix::unistd::getuid().as_raw();
+            if me == 0 {
+                vec![0]
+            } else {
+                vec![me, 0]
+            }
+        });
+        allowed_uids.dedup();
         Ok(ServeConfig {
+            control: ControlConfig {
+                socket: abs(raw
+                    .control_socket
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET))),
+                allowed_uids,
+                metrics_listen: raw.metrics_listen,
+            },
             broker: BrokerConfig {
                 state_dir: abs(state_dir),
                 vsock_port,
@@ -180,5 +218,21 @@ mod tests {
         let c = parse("state_dir = \"state\"\n").unwrap();
         assert_eq!(c.broker.state_dir, PathBuf::from("/etc/sluice/state"));
         assert_eq!(c.broker.vsock_port, 7070);
+        assert_eq!(c.control.socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert!(c.control.allowed_uids.contains(&0));
+    }
+
+    #[test]
+    fn control_settings_parsed() {
+        let c = parse(
+            "state_dir = \"/s\"\ncontrol_socket = \"ctl.sock\"\nallowed_uids = [1000]\nmetrics_listen = \"127.0.0.1:9464\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.control.socket, PathBuf::from("/etc/sluice/ctl.sock"));
+        assert_eq!(c.control.allowed_uids, vec![1000]);
+        assert_eq!(
+            c.control.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
     }
 }

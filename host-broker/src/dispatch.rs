@@ -41,6 +41,7 @@ pub(crate) async fn serve_stream(acc: Accepted, vm: Arc<VmEntry>, shared: Arc<Sh
                 .await
         }
         StreamKind::Proxy => {
+            shared.events.metrics().connection(&vm.id);
             let span = tracing::info_span!("proxy");
             crate::proxy::serve(TunnelStream::new(io), state, shared)
                 .instrument(span)

@@ -3,11 +3,14 @@
 //! every gate holds. See host-broker/README.md and docs/architecture.md.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod audit;
 mod broker;
 pub mod config;
 mod control;
 mod dispatch;
+pub mod metrics;
+pub mod persist;
 pub mod policy;
 pub mod proxy;
 pub mod secrets;
@@ -17,6 +20,7 @@ pub mod transport;
 pub mod upstream;
 
 pub use audit::AuditRecord;
-pub use broker::{Broker, BrokerConfig, BrokerError, BrokerEvent, VmSpec, VmTransport};
+pub use broker::{Broker, BrokerConfig, BrokerError, BrokerEvent, VmInfo, VmSpec, VmTransport};
 pub use control::GUEST_PROXY_PORT;
 pub use dispatch::HEADER_TIMEOUT;
+pub use metrics::VmStats;

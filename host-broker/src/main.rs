@@ -1,39 +1,133 @@
 //! `host-broker`: the Sluice host broker daemon and operator CLI.
 
+mod cli;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use host_broker::config::ServeConfig;
+use host_broker::config::DEFAULT_CONTROL_SOCKET;
 use host_broker::policy::{summarize, Policy};
-use host_broker::Broker;
+
+use cli::secrets::SourceArgs;
+
+const AFTER_HELP: &str = "\
+Typical flow (a VM manager or an operator):
+  host-broker serve --config /etc/sluice/broker.toml          # the daemon (systemd unit in contrib/)
+  host-broker vm add vm1 --hybrid-socket /run/vms/vm1.vsock --policy vm1.json
+  host-broker credentials set vm1 OPENAI_API_KEY --value-from-credential openai --hosts api.openai.com
+  host-broker vm stats vm1
+  host-broker vm rm vm1
+The client commands talk to the daemon's control socket (--socket, $SLUICE_SOCKET,
+default /run/sluice/control.sock). See host-broker/README.md and docs/operations.md.";
 
 #[derive(Debug, Parser)]
-#[command(name = "host-broker", version, about = "Sluice host broker")]
+#[command(
+    name = "host-broker",
+    version,
+    about = "Sluice host broker: egress policy, TLS interception and credential substitution for microVMs",
+    after_help = AFTER_HELP
+)]
 struct Cli {
-    /// Log filter (RUST_LOG syntax), e.g. `info` or `info,sluice::audit=info`.
+    /// Log filter (RUST_LOG syntax), e.g. `info` or `warn,sluice::audit=info`.
     #[arg(long, env = "SLUICE_LOG", default_value = "info", global = true)]
     log: String,
     /// Log as JSON lines (for the audit log).
     #[arg(long, global = true)]
     json: bool,
+    /// The daemon's control socket (client commands).
+    #[arg(long, env = "SLUICE_SOCKET", default_value = DEFAULT_CONTROL_SOCKET, global = true)]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the broker until SIGTERM/SIGINT.
+    /// Run the broker daemon until SIGTERM/SIGINT: serves the VMs of the config file and of
+    /// earlier `vm add` calls (persisted under state_dir), and the control API.
     Serve {
         /// TOML config file (see host-broker/README.md).
         #[arg(long)]
         config: PathBuf,
     },
-    /// Policy tools.
-    Policy {
-        #[command(subcommand)]
-        command: PolicyCommand,
+    /// Register, change, remove and inspect VMs.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Rotate a VM's credentials (takes effect on the next request, open connections
+    /// included).
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+    /// The per-VM interception CA.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Policy tools (offline, no daemon needed).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Print the daemon's Prometheus metrics.
+    Metrics,
+}
+
+#[derive(Debug, Subcommand)]
+enum VmCommand {
+    /// Register a VM (call it when the VMM creates, starts or restores the VM). Persisted:
+    /// the daemon serves it again after a restart.
+    #[command(group(clap::ArgGroup::new("transport").required(true).args(["hybrid_socket", "cid"])))]
+    Add {
+        /// VM id: 1-64 characters from [A-Za-z0-9._-].
+        id: String,
+        /// The VMM's hybrid vsock socket (Cloud Hypervisor `--vsock socket=`, Firecracker
+        /// `uds_path`); the broker listens on `<PATH>_<vsock_port>`. It need not exist yet.
+        #[arg(long, value_name = "PATH")]
+        hybrid_socket: Option<PathBuf>,
+        /// Kernel AF_VSOCK guest CID (QEMU vhost-vsock-pci guest-cid=).
+        #[arg(long)]
+        cid: Option<u32>,
+        /// Policy file (.json or .toml); without it the VM may reach nothing.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
     },
+    /// Replace a VM's policy (egress rules apply to new connections; credentials to the next
+    /// request).
+    Update {
+        id: String,
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+    },
+    /// Unregister a VM: its listener closes, open streams end. Its CA stays in state_dir.
+    Rm { id: String },
+    /// List registered VMs.
+    Ls,
+    /// A VM's counters (connections, requests, bytes, substitutions, violations).
+    Stats { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum CredentialsCommand {
+    /// Add or rotate one credential; other credentials are untouched.
+    ///
+    /// Rotating an existing credential needs only a source; a new one also needs --hosts.
+    Set {
+        id: String,
+        /// Credential name (the guest sees the placeholder `mock-<NAME>` unless set).
+        name: String,
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Hosts the real value may be sent to (comma-separated patterns).
+        #[arg(long, value_delimiter = ',')]
+        hosts: Option<Vec<String>>,
+        /// Placeholder the guest uses instead of `mock-<NAME>`.
+        #[arg(long)]
+        placeholder: Option<String>,
+    },
+    /// Remove one credential from a VM.
+    Rm { id: String, name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Print the PEM of a VM's interception CA (what its guest trusts).
+    Show { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,11 +161,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Policy {
-            command: PolicyCommand::Check { file },
-        } => {
+        Command::Policy(PolicyCommand::Check { file }) => {
             // The error already names the file and the field.
             let policy = Policy::from_path(&file)?;
             println!("{}: ok", file.display());
@@ -80,33 +179,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve { config } => {
             init_logging(&cli.log, cli.json)?;
-            let cfg = ServeConfig::from_path(&config)?;
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the tokio runtime")?
-                .block_on(serve(cfg))
+            let cfg = host_broker::config::ServeConfig::from_path(&config)?;
+            runtime()?.block_on(cli::serve::serve(cfg))
         }
+        Command::Vm(c) => runtime()?.block_on(cli::commands::vm(&cli.socket, c)),
+        Command::Credentials(c) => runtime()?.block_on(cli::commands::credentials(&cli.socket, c)),
+        Command::Ca(CaCommand::Show { id }) => {
+            runtime()?.block_on(cli::commands::ca_show(&cli.socket, &id))
+        }
+        Command::Metrics => runtime()?.block_on(cli::commands::metrics(&cli.socket)),
     }
-}
-
-async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let broker = Broker::start(cfg.broker).await?;
-    for vm in cfg.vms {
-        let id = vm.id.clone();
-        broker
-            .register_vm(vm)
-            .await
-            .with_context(|| format!("registering VM {id:?}"))?;
-    }
-    tracing::info!("host-broker serving");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    broker.shutdown().await;
-    Ok(())
 }

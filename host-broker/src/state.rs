@@ -3,12 +3,11 @@
 use std::sync::{Arc, RwLock};
 
 use rustls::ClientConfig;
-use tokio::sync::broadcast;
 
+use crate::audit::EventSink;
 use crate::policy::Policy;
 use crate::secrets::CredentialSet;
 use crate::tls::{LeafCache, VmCa};
-use crate::BrokerEvent;
 
 /// One version of a VM's configuration. Replaced as a whole (a new `Arc`) on a live policy
 /// update, so a connection keeps a consistent egress view for its lifetime. Credentials are
@@ -131,6 +130,6 @@ impl VmEntry {
 /// What every connection needs besides its VM.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub events: broadcast::Sender<BrokerEvent>,
+    pub events: EventSink,
     pub upstream_tls: Arc<ClientConfig>,
 }

@@ -58,6 +58,12 @@ impl HybridListener {
         &self.path
     }
 
+    /// Closes the listener without removing the file at its path (which may by now be
+    /// another listener's socket).
+    pub fn disown_path(mut self) {
+        self.path = PathBuf::new();
+    }
+
     pub async fn accept(&self) -> std::io::Result<Accepted> {
         let (stream, _) = self.listener.accept().await?;
         Ok(Accepted {
@@ -69,6 +75,9 @@ impl HybridListener {
 
 impl Drop for HybridListener {
     fn drop(&mut self) {
+        if self.path.as_os_str().is_empty() {
+            return;
+        }
         let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -1,0 +1,352 @@
+//! Per-VM statistics and Prometheus metrics, both derived from the audit records (every
+//! request/decision passes through [`crate::audit::emit`]) and from stream starts.
+//!
+//! Label sets are bounded: `vm` (registered VMs only; a VM's series are removed when it is
+//! unregistered) and `verdict` (a fixed set). No host, path, query or credential value is
+//! ever a label.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::audit::AuditRecord;
+
+/// Verdicts that become label values; anything else is counted as `other`.
+const VERDICTS: [&str; 6] = [
+    "intercepted",
+    "forwarded",
+    "blocked",
+    "denied",
+    "failed",
+    "error",
+];
+
+/// Counters of one VM since it was registered (in this broker process).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VmStats {
+    /// Proxy streams opened by the guest (one per guest TCP connection).
+    pub connections: u64,
+    /// Audit records: CONNECTs, requests and refusals.
+    pub requests: u64,
+    /// Response body bytes sent back to the guest.
+    pub bytes: u64,
+    /// Credential substitutions in forwarded requests (one per credential per request).
+    pub substitutions: u64,
+    /// Requests refused by the egress policy (`denied`) or a credential/authority gate
+    /// (`blocked`).
+    pub violations: u64,
+    /// Records per verdict.
+    pub verdicts: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Default)]
+struct VmCounters {
+    connections: AtomicU64,
+    requests: AtomicU64,
+    bytes: AtomicU64,
+    substitutions: AtomicU64,
+    violations: AtomicU64,
+    verdicts: [AtomicU64; VERDICTS.len() + 1],
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VmLabel {
+    vm: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VmVerdictLabel {
+    vm: String,
+    verdict: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabel {
+    verdict: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// The broker's statistics and metrics registry.
+pub struct Metrics {
+    registry: Registry,
+    per_vm: RwLock<HashMap<String, Arc<VmCounters>>>,
+    vms: Gauge,
+    requests: Family<VmVerdictLabel, Counter>,
+    requests_all: Family<VerdictLabel, Counter>,
+    connections: Family<VmLabel, Counter>,
+    connections_all: Counter,
+    bytes: Family<VmLabel, Counter>,
+    bytes_all: Counter,
+    substitutions: Family<VmLabel, Counter>,
+    substitutions_all: Counter,
+    latency: Family<VmLabel, Histogram, fn() -> Histogram>,
+    latency_all: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn verdict_index(v: &str) -> usize {
+    VERDICTS
+        .iter()
+        .position(|x| *x == v)
+        .unwrap_or(VERDICTS.len())
+}
+
+fn verdict_label(i: usize) -> &'static str {
+    VERDICTS.get(i).copied().unwrap_or("other")
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("sluice");
+        let m = Metrics {
+            registry: Registry::default(),
+            per_vm: RwLock::default(),
+            vms: Gauge::default(),
+            requests: Family::default(),
+            requests_all: Family::default(),
+            connections: Family::default(),
+            connections_all: Counter::default(),
+            bytes: Family::default(),
+            bytes_all: Counter::default(),
+            substitutions: Family::default(),
+            substitutions_all: Counter::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            latency_all: latency_histogram(),
+        };
+        registry.register("vms", "Registered VMs", m.vms.clone());
+        registry.register(
+            "vm_requests",
+            "Audit records (requests, CONNECTs, refusals) per VM and verdict",
+            m.requests.clone(),
+        );
+        registry.register(
+            "requests",
+            "Audit records of all VMs per verdict",
+            m.requests_all.clone(),
+        );
+        registry.register(
+            "vm_connections",
+            "Proxy streams opened per VM",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections",
+            "Proxy streams opened (all VMs)",
+            m.connections_all.clone(),
+        );
+        registry.register(
+            "vm_response_bytes",
+            "Response body bytes sent to the guest per VM",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "response_bytes",
+            "Response body bytes sent to guests (all VMs)",
+            m.bytes_all.clone(),
+        );
+        registry.register(
+            "vm_substitutions",
+            "Credential substitutions per VM",
+            m.substitutions.clone(),
+        );
+        registry.register(
+            "substitutions",
+            "Credential substitutions (all VMs)",
+            m.substitutions_all.clone(),
+        );
+        registry.register(
+            "vm_request_duration_seconds",
+            "Forwarded request duration (request forwarded to response body end) per VM",
+            m.latency.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Forwarded request duration (all VMs)",
+            m.latency_all.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Starts counting for `vm` (registration).
+    pub fn add_vm(&self, vm: &str) {
+        let mut map = self.per_vm.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(vm.to_owned()).or_default();
+        self.vms.set(map.len() as i64);
+    }
+
+    /// Forgets `vm` and removes its series (unregistration keeps label sets bounded).
+    pub fn remove_vm(&self, vm: &str) {
+        let mut map = self.per_vm.write().unwrap_or_else(|e| e.into_inner());
+        map.remove(vm);
+        self.vms.set(map.len() as i64);
+        let l = VmLabel { vm: vm.to_owned() };
+        self.connections.remove(&l);
+        self.bytes.remove(&l);
+        self.substitutions.remove(&l);
+        self.latency.remove(&l);
+        for i in 0..=VERDICTS.len() {
+            self.requests.remove(&VmVerdictLabel {
+                vm: vm.to_owned(),
+                verdict: verdict_label(i),
+            });
+        }
+    }
+
+    fn counters(&self, vm: &str) -> Option<Arc<VmCounters>> {
+        self.per_vm
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(vm)
+            .cloned()
+    }
+
+    /// A proxy stream of `vm` started.
+    pub fn connection(&self, vm: &str) {
+        let Some(c) = self.counters(vm) else { return };
+        c.connections.fetch_add(1, Ordering::Relaxed);
+        self.connections
+            .get_or_create(&VmLabel { vm: vm.to_owned() })
+            .inc();
+        self.connections_all.inc();
+    }
+
+    /// Counts one audit record; `duration` is set for forwarded requests.
+    pub fn record(&self, rec: &AuditRecord, duration: Option<Duration>) {
+        let Some(c) = self.counters(&rec.vm) else {
+            return;
+        };
+        let vi = verdict_index(&rec.verdict);
+        let verdict = verdict_label(vi);
+        let subs = if rec.verdict == "forwarded" {
+            rec.credentials.len() as u64
+        } else {
+            0
+        };
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        c.bytes.fetch_add(rec.bytes, Ordering::Relaxed);
+        c.substitutions.fetch_add(subs, Ordering::Relaxed);
+        if matches!(verdict, "blocked" | "denied") {
+            c.violations.fetch_add(1, Ordering::Relaxed);
+        }
+        c.verdicts[vi].fetch_add(1, Ordering::Relaxed);
+        let vm = VmLabel { vm: rec.vm.clone() };
+        self.requests
+            .get_or_create(&VmVerdictLabel {
+                vm: rec.vm.clone(),
+                verdict,
+            })
+            .inc();
+        self.requests_all
+            .get_or_create(&VerdictLabel { verdict })
+            .inc();
+        self.bytes.get_or_create(&vm).inc_by(rec.bytes);
+        self.bytes_all.inc_by(rec.bytes);
+        if subs > 0 {
+            self.substitutions.get_or_create(&vm).inc_by(subs);
+            self.substitutions_all.inc_by(subs);
+        }
+        if let Some(d) = duration {
+            self.latency.get_or_create(&vm).observe(d.as_secs_f64());
+            self.latency_all.observe(d.as_secs_f64());
+        }
+    }
+
+    /// The counters of `vm`, if registered.
+    pub fn stats(&self, vm: &str) -> Option<VmStats> {
+        let c = self.counters(vm)?;
+        let verdicts = (0..=VERDICTS.len())
+            .filter_map(|i| {
+                let n = c.verdicts[i].load(Ordering::Relaxed);
+                (n > 0).then(|| (verdict_label(i).to_owned(), n))
+            })
+            .collect();
+        Some(VmStats {
+            connections: c.connections.load(Ordering::Relaxed),
+            requests: c.requests.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            substitutions: c.substitutions.load(Ordering::Relaxed),
+            violations: c.violations.load(Ordering::Relaxed),
+            verdicts,
+        })
+    }
+
+    /// The Prometheus text exposition (OpenMetrics text format).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(vm: &str, verdict: &str, creds: &[&str], bytes: u64) -> AuditRecord {
+        AuditRecord {
+            vm: vm.into(),
+            host: "api.example.com".into(),
+            method: "GET".into(),
+            path: "/secret-path".into(),
+            credentials: creds.iter().map(|s| s.to_string()).collect(),
+            verdict: verdict.into(),
+            status: 200,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn counts_per_vm_and_removes_series() {
+        let m = Metrics::new();
+        m.add_vm("a");
+        m.connection("a");
+        m.record(
+            &rec("a", "forwarded", &["K"], 10),
+            Some(Duration::from_millis(3)),
+        );
+        m.record(&rec("a", "denied", &[], 5), None);
+        m.record(&rec("unregistered", "forwarded", &[], 5), None);
+        let s = m.stats("a").unwrap();
+        assert_eq!(
+            (
+                s.connections,
+                s.requests,
+                s.bytes,
+                s.substitutions,
+                s.violations
+            ),
+            (1, 2, 15, 1, 1)
+        );
+        let text = m.encode();
+        assert!(text.contains("sluice_vm_requests_total{vm=\"a\",verdict=\"denied\"} 1"));
+        assert!(!text.contains("secret-path") && !text.contains("api.example.com"));
+        assert!(!text.contains("unregistered"));
+        m.remove_vm("a");
+        assert!(m.stats("a").is_none());
+        assert!(!m.encode().contains("vm=\"a\""));
+    }
+}
