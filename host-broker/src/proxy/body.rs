@@ -1,16 +1,20 @@
 //! Response bodies: our own short answers, and upstream bodies streamed back to the guest,
 //! counted for the audit record and (when the VM has credentials) scrubbed: any real value an
-//! upstream echoes in a body goes back to the guest as its placeholder.
+//! upstream echoes in a body or trailer goes back to the guest as its placeholder. Bodies
+//! are never buffered: each upstream frame yields a guest frame as soon as it is scrubbed
+//! (SSE and long-poll keep working), holding back at most the scrubber's window.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::decode::Decoder;
 use crate::audit::PendingAudit;
-use crate::secrets::Scrubber;
+use crate::secrets::{CredentialSet, Scrubber};
 
 /// Error type of every body the proxy sends to the guest.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -24,13 +28,26 @@ pub fn full(data: impl Into<Bytes>) -> ProxyBody {
         .boxed()
 }
 
+/// How an upstream body is scrubbed.
+#[derive(Debug)]
+pub(super) struct Scrubbing {
+    pub creds: Arc<CredentialSet>,
+    pub scrubber: Scrubber,
+    /// Content decoding applied before scrubbing (the guest gets identity).
+    pub decoder: Option<Decoder>,
+}
+
 /// Wraps an upstream body; the audit record is emitted when the body is done or dropped.
-/// With a scrubber the length may change: the caller must drop `Content-Length`.
-pub fn counted(inner: Incoming, audit: PendingAudit, scrubber: Option<Scrubber>) -> ProxyBody {
+/// With scrubbing the length may change: the caller must drop `Content-Length`.
+pub(super) fn counted(
+    inner: Incoming,
+    audit: PendingAudit,
+    scrubbing: Option<Scrubbing>,
+) -> ProxyBody {
     Counted {
         inner,
         audit,
-        scrubber,
+        scrubbing,
         held: None,
         done: false,
     }
@@ -40,7 +57,7 @@ pub fn counted(inner: Incoming, audit: PendingAudit, scrubber: Option<Scrubber>)
 struct Counted {
     inner: Incoming,
     audit: PendingAudit,
-    scrubber: Option<Scrubber>,
+    scrubbing: Option<Scrubbing>,
     /// A trailers frame waiting until the scrubber's tail has been sent.
     held: Option<Frame<Bytes>>,
     done: bool,
@@ -50,6 +67,19 @@ impl Counted {
     fn data(&mut self, d: Vec<u8>) -> Frame<Bytes> {
         self.audit.add(d.len() as u64);
         Frame::data(Bytes::from(d))
+    }
+
+    /// End of the upstream body (or trailers): flush decoder and scrubber.
+    fn tail(&mut self) -> Result<Vec<u8>, BoxError> {
+        let Some(s) = self.scrubbing.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let mut out = match s.decoder.take() {
+            Some(d) => s.scrubber.push(&d.finish()?),
+            None => Vec::new(),
+        };
+        out.extend(s.scrubber.finish());
+        Ok(out)
     }
 }
 
@@ -75,11 +105,10 @@ impl Body for Counted {
                 Poll::Ready(Some(Ok(frame))) => frame,
                 Poll::Ready(None) => {
                     this.done = true;
-                    let tail = this
-                        .scrubber
-                        .as_mut()
-                        .map(|s| s.finish())
-                        .unwrap_or_default();
+                    let tail = match this.tail() {
+                        Ok(t) => t,
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    };
                     if tail.is_empty() {
                         return Poll::Ready(None);
                     }
@@ -87,13 +116,20 @@ impl Body for Counted {
                 }
             };
             let frame = match frame.into_data() {
-                Ok(data) => match this.scrubber.as_mut() {
+                Ok(data) => match this.scrubbing.as_mut() {
                     None => {
                         this.audit.add(data.len() as u64);
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     Some(s) => {
-                        let out = s.push(&data);
+                        let plain = match s.decoder.as_mut() {
+                            Some(d) => match d.push(&data) {
+                                Ok(p) => p,
+                                Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                            },
+                            None => data.to_vec(),
+                        };
+                        let out = s.scrubber.push(&plain);
                         if out.is_empty() {
                             continue; // all held back: read more
                         }
@@ -102,12 +138,22 @@ impl Body for Counted {
                 },
                 Err(frame) => frame,
             };
-            // Trailers: flush the scrubber's tail first.
-            let tail = this
-                .scrubber
-                .as_mut()
-                .map(|s| s.finish())
-                .unwrap_or_default();
+            // Trailers: scrub them, and flush the body's tail first.
+            let frame = match (frame.into_trailers(), this.scrubbing.as_ref()) {
+                (Ok(mut t), Some(s)) => {
+                    let n = s.creds.scrub_response_headers(&mut t);
+                    if n > 0 {
+                        tracing::warn!(scrubbed = n, "upstream echoed credential values in trailers; replaced with placeholders");
+                    }
+                    Frame::trailers(t)
+                }
+                (Ok(t), None) => Frame::trailers(t),
+                (Err(_), _) => continue, // unknown frame kind: drop
+            };
+            let tail = match this.tail() {
+                Ok(t) => t,
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            };
             if tail.is_empty() {
                 return Poll::Ready(Some(Ok(frame)));
             }
@@ -118,11 +164,11 @@ impl Body for Counted {
 
     fn is_end_stream(&self) -> bool {
         self.held.is_none()
-            && (self.done || (self.scrubber.is_none() && self.inner.is_end_stream()))
+            && (self.done || (self.scrubbing.is_none() && self.inner.is_end_stream()))
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.scrubber.is_some() {
+        if self.scrubbing.is_some() {
             SizeHint::default()
         } else {
             self.inner.size_hint()

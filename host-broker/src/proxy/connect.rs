@@ -9,16 +9,15 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use super::body::{self, ProxyBody};
-use super::headers::{host_without_port, strip_hop_by_hop};
+use super::headers::host_without_port;
 use super::{record, refuse};
-use crate::audit::{self, PendingAudit};
+use crate::audit;
 use crate::policy::resolve_target;
-use crate::secrets::CredentialSet;
 use crate::state::{Shared, VmState};
 use crate::upstream;
 
@@ -105,35 +104,4 @@ pub(super) async fn handle(
         .instrument(span),
     );
     Response::new(body::full(""))
-}
-
-/// Scrubs and strips an upstream response and attaches the audit record to its body.
-pub(super) fn respond(
-    resp: Response<Incoming>,
-    mut rec: audit::AuditRecord,
-    creds: &CredentialSet,
-    shared: &Shared,
-) -> Response<ProxyBody> {
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let scrubbed = creds.scrub_response_headers(&mut parts.headers);
-    if scrubbed > 0 {
-        tracing::warn!(
-            scrubbed,
-            "upstream echoed credential values in response headers; replaced with placeholders"
-        );
-    }
-    rec.verdict = "forwarded".into();
-    rec.status = parts.status.as_u16();
-    let pending = PendingAudit::new(rec, shared.events.clone());
-    // Scrub bodies only when there is something to scrub (the scrubber changes lengths, so
-    // Content-Length goes and the guest gets a chunked body). Compressed bodies are not
-    // decoded: see host-broker/README.md.
-    let scrubber = if creds.is_empty() || body.is_end_stream() {
-        None
-    } else {
-        parts.headers.remove(http::header::CONTENT_LENGTH);
-        Some(creds.scrubber())
-    };
-    Response::from_parts(parts, body::counted(body, pending, scrubber))
 }

@@ -8,9 +8,11 @@
 
 mod body;
 mod connect;
+mod decode;
 mod headers;
 mod plain;
 mod request_body;
+mod response;
 mod tunnel;
 mod upstream_conn;
 

@@ -10,9 +10,9 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::ProxyBody;
-use super::connect::respond;
 use super::headers::{host_header, host_without_port, strip_hop_by_hop};
 use super::request_body::{self, Inspected};
+use super::response::respond;
 use super::upstream_conn::UpstreamConn;
 use super::{record, refuse};
 use crate::policy::resolve_target;
@@ -80,6 +80,9 @@ pub(super) async fn handle(
         dialed_by_name: host.parse::<IpAddr>().is_err(),
     };
     let creds = vm.current_credentials();
+    if !creds.is_empty() {
+        super::decode::limit_accept_encoding(&mut parts.headers);
+    }
     match creds.check_plaintext_headers(&parts.headers, &ctx) {
         Verdict::Block { reason, violations } => {
             rec.credentials = violations.iter().map(|v| v.credential.clone()).collect();

@@ -18,9 +18,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::body::ProxyBody;
-use super::connect::respond;
+use super::decode::limit_accept_encoding;
 use super::headers::{host_header, host_without_port, strip_hop_by_hop};
 use super::request_body::{self, Inspected};
+use super::response::respond;
 use super::upstream_conn::UpstreamConn;
 use super::{record, refuse, HEADER_READ_TIMEOUT};
 use crate::audit;
@@ -182,6 +183,9 @@ impl Tunnel {
         };
         // One credential snapshot per request (rotations reach open connections).
         let creds = self.vm.current_credentials();
+        if !creds.is_empty() {
+            limit_accept_encoding(&mut parts.headers);
+        }
         let mut substituted = match creds.apply_request_headers(&mut parts.headers, &ctx) {
             Verdict::Block { reason, violations } => {
                 rec.credentials = violations.iter().map(|v| v.credential.clone()).collect();

@@ -2,7 +2,10 @@
 //!
 //! The scrubber keeps at most `longest pattern - 1` bytes pending between chunks: a match that
 //! starts before that tail is always entirely inside the buffer, so every decision made on
-//! the emitted part is the same one a scan of the whole stream would make.
+//! the emitted part is the same one a scan of the whole stream would make. Within that tail
+//! it holds back only from the first byte where the rest of the buffer could still become a
+//! real value (a proper prefix of a pattern): a streamed event ending in `\n\n` is emitted
+//! at once instead of waiting for the next chunk (server-sent events, long polls).
 
 use std::sync::Arc;
 
@@ -15,6 +18,8 @@ pub struct Scrubber {
     values: Arc<AhoCorasick>,
     replacements: Arc<[Vec<u8>]>,
     keep: usize,
+    /// The patterns (real value forms), to decide what of the tail may still become a match.
+    patterns: Arc<[Zeroizing<Vec<u8>>]>,
     /// Unemitted tail; may hold a prefix of a real value, hence zeroized.
     pending: Zeroizing<Vec<u8>>,
     replaced: usize,
@@ -36,11 +41,13 @@ impl Scrubber {
         values: Arc<AhoCorasick>,
         replacements: Arc<[Vec<u8>]>,
         max_len: usize,
+        patterns: Arc<[Zeroizing<Vec<u8>>]>,
     ) -> Self {
         Scrubber {
             values,
             replacements,
             keep: max_len.saturating_sub(1),
+            patterns,
             pending: Zeroizing::new(Vec::new()),
             replaced: 0,
         }
@@ -55,11 +62,14 @@ impl Scrubber {
         let mut buf = std::mem::take(&mut *self.pending);
         buf.extend_from_slice(chunk);
         let buf = Zeroizing::new(buf);
-        let boundary = buf.len().saturating_sub(self.keep);
+        // Only a suffix shorter than the longest pattern can be a proper prefix of one; a
+        // match starting before `hold` cannot grow with later bytes (else that suffix would
+        // be such a prefix), so it is final.
+        let hold = self.hold_from(&buf, buf.len().saturating_sub(self.keep));
         let mut out = Vec::with_capacity(buf.len());
         let mut pos = 0;
         for m in self.values.find_iter(buf.as_slice()) {
-            if m.start() >= boundary {
+            if m.start() >= hold {
                 break;
             }
             out.extend_from_slice(&buf[pos..m.start()]);
@@ -67,10 +77,23 @@ impl Scrubber {
             pos = m.end();
             self.replaced += 1;
         }
-        let cut = pos.max(boundary);
+        let cut = pos.max(hold);
         out.extend_from_slice(&buf[pos..cut]);
         self.pending.extend_from_slice(&buf[cut..]);
         out
+    }
+
+    /// The first index at or after `from` where `buf[i..]` is a proper prefix of a pattern
+    /// (must be held back); `buf.len()` when none.
+    fn hold_from(&self, buf: &[u8], from: usize) -> usize {
+        (from..buf.len())
+            .find(|&i| {
+                let rest = &buf[i..];
+                self.patterns
+                    .iter()
+                    .any(|p| p.len() > rest.len() && p.starts_with(rest))
+            })
+            .unwrap_or(buf.len())
     }
 
     /// Flushes the held-back tail (scrubbed).

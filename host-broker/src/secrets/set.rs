@@ -46,6 +46,8 @@ pub struct CredentialSet {
     /// Replacement (placeholder in the same encoding) for each value pattern.
     pub(crate) value_replacements: Arc<[Vec<u8>]>,
     pub(crate) max_value_pattern_len: usize,
+    /// The value patterns themselves, for the scrubber's hold-back decision.
+    pub(crate) value_patterns: Arc<[Zeroizing<Vec<u8>>]>,
 }
 
 impl std::fmt::Debug for CredentialSet {
@@ -236,6 +238,7 @@ impl CredentialSet {
             values: Arc::new(values),
             value_replacements: replacements.into(),
             max_value_pattern_len,
+            value_patterns: value_patterns.into(),
         })
     }
 
@@ -263,6 +266,7 @@ impl CredentialSet {
             self.values.clone(),
             self.value_replacements.clone(),
             self.max_value_pattern_len,
+            self.value_patterns.clone(),
         )
     }
 

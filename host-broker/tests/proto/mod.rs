@@ -1,0 +1,365 @@
+//! Fixtures for the protocol and adversarial suites: an echo upstream that speaks HTTP/1.1
+//! and HTTP/2 (by ALPN), reflects headers and bodies (plain, gzip, trailers), streams SSE
+//! under test control and answers redirects; plus HTTP/2 and raw clients.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::common::*;
+
+pub const SECRET: &str = "sk-live-REAL-0123456789abcdef";
+
+/// One request as the echo upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub version: String,
+    pub method: String,
+    pub target: String,
+    pub authority: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The echo upstream.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub got: Arc<Mutex<Vec<Got>>>,
+    /// `/sse` sends its second event and ends when notified.
+    pub sse_release: Arc<Notify>,
+}
+
+impl Echo {
+    pub fn requests(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+type UpBody = BoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> UpBody {
+    Full::new(b.into()).boxed()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// TLS server config for `names` signed by `pki`'s CA, offering `alpn`.
+pub fn server_with_alpn(pki: &TestPki, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+    let mut cfg = (*pki.server).clone();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// Spawns the echo upstream (TLS with `tls`, HTTP/1.1 or HTTP/2 as negotiated).
+pub async fn spawn_echo(tls: Arc<rustls::ServerConfig>) -> Echo {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got: Arc<Mutex<Vec<Got>>> = Arc::default();
+    let sse_release = Arc::new(Notify::new());
+    let (got2, rel2) = (got.clone(), sse_release.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (got, rel, tls) = (got2.clone(), rel2.clone(), tls.clone());
+            tokio::spawn(async move {
+                let Ok(s) = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await else {
+                    return;
+                };
+                let svc = service_fn(move |req| {
+                    let (got, rel) = (got.clone(), rel.clone());
+                    async move { Ok::<_, Infallible>(answer(req, &got, &rel).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    Echo {
+        addr,
+        got,
+        sse_release,
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    got: &Mutex<Vec<Got>>,
+    rel: &Arc<Notify>,
+) -> Response<UpBody> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let g = Got {
+        version: format!("{:?}", parts.version),
+        method: parts.method.to_string(),
+        target: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        authority: parts.uri.authority().map(|a| a.to_string()),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+    };
+    got.lock().unwrap().push(g);
+    let auth = parts
+        .headers
+        .get("authorization")
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
+    // Everything the upstream saw that could carry a value, reflected.
+    let mut reflected = auth.clone();
+    reflected.extend_from_slice(b"\n");
+    reflected.extend_from_slice(parts.uri.query().unwrap_or("").as_bytes());
+    reflected.extend_from_slice(b"\n");
+    reflected.extend_from_slice(&body);
+    let version = format!("{:?}", parts.version);
+    let mut resp = match parts.uri.path() {
+        "/gzip" => {
+            let mut r = Response::new(full(gzip(&reflected)));
+            r.headers_mut()
+                .insert("content-encoding", "gzip".parse().unwrap());
+            r
+        }
+        "/br" => {
+            let mut r = Response::new(full(reflected.clone()));
+            r.headers_mut()
+                .insert("content-encoding", "br".parse().unwrap());
+            r
+        }
+        "/trailer" => {
+            let mut trailers = http::HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_bytes(&auth) {
+                trailers.insert("x-echo-trailer", v);
+            }
+            let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+                Ok(Frame::data(Bytes::from_static(b"body-before-trailers"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+        }
+        "/sse" => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+            let _ = tx.try_send(Ok(Frame::data(Bytes::from(format!(
+                "data: first {}\n\n",
+                String::from_utf8_lossy(&auth)
+            )))));
+            let rel = rel.clone();
+            // notify_one stores a permit, so a release before this task waits is kept.
+            tokio::spawn(async move {
+                rel.notified().await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"data: second\n\n"))))
+                    .await;
+            });
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|f| (f, rx))
+            });
+            let mut r = Response::new(StreamBody::new(stream).boxed());
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            r
+        }
+        "/redirect" => {
+            let mut r = Response::new(full(""));
+            *r.status_mut() = http::StatusCode::FOUND;
+            r.headers_mut()
+                .insert("location", "https://other.test/landing".parse().unwrap());
+            r
+        }
+        _ => {
+            let mut r = Response::new(full(reflected.clone()));
+            if let Ok(v) = http::HeaderValue::from_bytes(&auth) {
+                r.headers_mut().insert("x-echo-authorization", v);
+            }
+            r
+        }
+    };
+    resp.headers_mut()
+        .insert("x-upstream-version", version.parse().unwrap());
+    resp
+}
+
+/// A client TLS config trusting `ca_pem`, offering `alpn`.
+pub fn client_alpn(ca_pem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut cfg = (*client_trusting(ca_pem)).clone();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// CONNECT + TLS (with `alpn`) through the broker; returns the stream and negotiated ALPN.
+pub async fn tunnel_tls(
+    h: &Harness,
+    target: &str,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<(ClientTls, Option<Vec<u8>>)> {
+    let (status, head, s) = connect_via(h.proxy, target).await;
+    assert_eq!(status, 200, "CONNECT {target}: {head}");
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client_alpn(&h.vm_ca_pem, alpn))
+        .connect(name, s)
+        .await?;
+    let alpn = tls.get_ref().1.alpn_protocol().map(|a| a.to_vec());
+    Ok((tls, alpn))
+}
+
+pub type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// An HTTP/2 client over an intercepted tunnel to `host:port`.
+pub async fn h2_client(h: &Harness, host: &str, port: u16) -> H2 {
+    let (tls, alpn) = tunnel_tls(h, &format!("{host}:{port}"), host, &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]), "broker must offer h2");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// A response, collected: (status, headers, body, trailers).
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+    pub trailers: Option<http::HeaderMap>,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn reason(&self) -> String {
+        self.headers
+            .get("x-sluice-reason")
+            .map(|v| v.to_str().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    }
+}
+
+pub async fn collect(resp: Response<Incoming>) -> Answer {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let c = tokio::time::timeout(WAIT, resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap();
+    let trailers = c.trailers().cloned();
+    Answer {
+        status,
+        headers,
+        body: c.to_bytes().to_vec(),
+        trailers,
+    }
+}
+
+/// Sends `req` on an HTTP/2 sender.
+pub async fn h2_send(s: &mut H2, req: Request<Full<Bytes>>) -> Answer {
+    s.ready().await.unwrap();
+    let resp = tokio::time::timeout(WAIT, s.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    collect(resp).await
+}
+
+/// Sends `req` on an HTTP/1.1 sender.
+pub async fn h1_send(
+    s: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Answer {
+    s.ready().await.unwrap();
+    let resp = tokio::time::timeout(WAIT, s.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    collect(resp).await
+}
+
+pub fn req(method: &str, uri: &str, headers: &[(&str, &str)], body: &[u8]) -> Request<Full<Bytes>> {
+    let mut b = Request::builder().method(method).uri(uri);
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    b.body(Full::new(Bytes::copy_from_slice(body))).unwrap()
+}
+
+/// The standard world: `api.test` (credential host) and `other.test` (allowed, no
+/// credential) both served by one echo upstream offering `upstream_alpn`.
+pub struct World {
+    pub h: Harness,
+    pub echo: Echo,
+}
+
+/// `credentials` is the JSON of the `credentials` object; `extra` more top-level fields.
+pub async fn world(upstream_alpn: &[&[u8]], credentials: &str, extra: &str) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), "echo", &["api.test", "other.test", "127.0.0.1"]);
+    let echo = spawn_echo(server_with_alpn(&pki, upstream_alpn)).await;
+    let policy = format!(
+        r#"{{
+        "egress": {{"default": "deny",
+            "allow": [{{"hosts": ["api.test", "other.test"]}}, {{"cidrs": ["127.0.0.1/32"]}}]}},
+        "credentials": {credentials},
+        "resolve": {{"api.test": "{a}", "other.test": "{a}"}}
+        {extra}
+    }}"#,
+        a = echo.addr
+    );
+    let h = harness_in(
+        dir,
+        &policy,
+        &[("API_KEY", SECRET)],
+        vec![pki.ca_path.clone()],
+    )
+    .await;
+    World { h, echo }
+}
+
+/// API_KEY for api.test, substituted in headers, query and body.
+pub const CRED_ALL: &str = r#"{"API_KEY": {"source": {"env": "API_KEY"}, "hosts": ["api.test"], "in": ["headers", "query", "body"]}}"#;
+/// API_KEY for api.test, headers only (the default).
+pub const CRED_HEADERS: &str =
+    r#"{"API_KEY": {"source": {"env": "API_KEY"}, "hosts": ["api.test"]}}"#;
