@@ -461,3 +461,69 @@ async fn curl_http2_through_the_broker() {
         Some(format!("Bearer {SECRET}").as_str())
     );
 }
+
+/// Sends a WebSocket upgrade for `host` with `auth` on a raw intercepted HTTP/1.1 stream;
+/// returns the response head and the stream.
+async fn ws_handshake(w: &World, host: &str, auth: &str) -> (String, ClientTls) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut tls, _) = tunnel_tls(&w.h, &format!("{host}:443"), host, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let head = format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: {auth}\r\n\r\n"
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, tls.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1, "closed inside the response head: {got:?}");
+        got.push(b[0]);
+    }
+    (String::from_utf8_lossy(&got).into_owned(), tls)
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_gated_substituted_then_relayed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world(BOTH, CRED_HEADERS, "").await;
+    let (head, mut tls) = ws_handshake(&w, "api.test", "Bearer mock-API_KEY").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
+    // The upstream's reflection of the handshake's Authorization is scrubbed.
+    assert!(
+        head.contains("x-echo-authorization: Bearer mock-API_KEY"),
+        "{head}"
+    );
+    let g = &w.echo.requests()[0];
+    assert_eq!(
+        g.version, "HTTP/1.1",
+        "upgrade must use an HTTP/1.1 upstream connection"
+    );
+    assert_eq!(
+        g.header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
+    for msg in [&b"ping-1"[..], b"second message"] {
+        tls.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(WAIT, tls.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+
+    // The same handshake toward a host outside the credential's hosts is refused.
+    let (head, _) = ws_handshake(&w, "other.test", "Bearer mock-API_KEY").await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert_eq!(w.echo.requests().len(), 1);
+}

@@ -15,6 +15,7 @@ mod request_body;
 mod response;
 mod tunnel;
 mod upstream_conn;
+mod websocket;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -23,6 +23,7 @@ use super::headers::{host_header, host_without_port, strip_hop_by_hop};
 use super::request_body::{self, Inspected};
 use super::response::respond;
 use super::upstream_conn::UpstreamConn;
+use super::websocket;
 use super::{record, refuse, HEADER_READ_TIMEOUT};
 use crate::audit;
 use crate::secrets::{GateContext, Verdict};
@@ -112,6 +113,7 @@ impl Tunnel {
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .keep_alive(true)
                 .serve_connection(io, svc)
+                .with_upgrades()
                 .await
         };
         if let Err(e) = result {
@@ -151,7 +153,7 @@ impl Tunnel {
 
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         conn: &tokio::sync::Mutex<Option<UpstreamConn>>,
     ) -> Response<ProxyBody> {
         let host = &self.host;
@@ -169,6 +171,7 @@ impl Tunnel {
                 return refuse(&self.shared, rec, status, &reason);
             }
         };
+        let upgrade = websocket::requested(&req).map(|p| (p, hyper::upgrade::on(&mut req)));
         let (mut parts, body) = req.into_parts();
         let te_trailers = parts
             .headers
@@ -254,6 +257,16 @@ impl Tunnel {
         substituted.sort();
         substituted.dedup();
         rec.credentials = substituted;
+        if let Some((protocol, guest)) = upgrade {
+            let up = websocket::UpgradeRequest {
+                host,
+                addr: self.addr,
+                authority: &authority,
+                protocol,
+                guest,
+            };
+            return websocket::forward(up, parts, body, rec, &creds, &self.shared).await;
+        }
         let mut req = Request::from_parts(parts, body);
         let result = {
             let mut guard = conn.lock().await;

@@ -96,7 +96,7 @@ pub async fn spawn_echo(tls: Arc<rustls::ServerConfig>) -> Echo {
                     async move { Ok::<_, Infallible>(answer(req, &got, &rel).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
+                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
                     .await;
             });
         }
@@ -109,10 +109,12 @@ pub async fn spawn_echo(tls: Arc<rustls::ServerConfig>) -> Echo {
 }
 
 async fn answer(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     got: &Mutex<Vec<Got>>,
     rel: &Arc<Notify>,
 ) -> Response<UpBody> {
+    let ws = (req.uri().path() == "/ws" && req.headers().contains_key("upgrade"))
+        .then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -153,6 +155,30 @@ async fn answer(
     reflected.extend_from_slice(b"\n");
     reflected.extend_from_slice(&body);
     let version = format!("{:?}", parts.version);
+    if let Some(on) = ws {
+        // A byte echo after a 101 (the broker relays bytes; it does not parse frames).
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(up) = on.await else { return };
+            let mut io = TokioIo::new(up);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut r = Response::new(full(""));
+        *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        if let Ok(v) = http::HeaderValue::from_bytes(&auth) {
+            r.headers_mut().insert("x-echo-authorization", v);
+        }
+        return r;
+    }
     let mut resp = match parts.uri.path() {
         "/gzip" => {
             let mut r = Response::new(full(gzip(&reflected)));
