@@ -23,6 +23,8 @@ pub(crate) struct VmState {
     pub leaves: Arc<LeafCache>,
     /// Becomes `true` when the VM is unregistered (shared by every version of the state).
     pub closed: tokio::sync::watch::Receiver<bool>,
+    /// Proxy streams open right now (shared by every version; per-VM connection limit).
+    pub open_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl VmState {
@@ -42,6 +44,7 @@ impl VmState {
             ca,
             leaves,
             closed,
+            open_streams: Arc::default(),
         }
     }
 
@@ -55,6 +58,7 @@ impl VmState {
             ca: self.ca.clone(),
             leaves: self.leaves.clone(),
             closed: self.closed.clone(),
+            open_streams: self.open_streams.clone(),
         }
     }
 

@@ -30,12 +30,28 @@ pub struct Policy {
     /// docs/policy.md "Bodies". Default [`DEFAULT_MAX_INSPECTED_BODY`].
     #[serde(default)]
     pub max_inspected_body: Option<u64>,
+    /// CONNECT ports relayed as raw TCP (no TLS interception, no substitution), e.g. 5432.
+    /// Egress rules still decide whether the host:port may be reached at all.
+    #[serde(default)]
+    pub raw_tcp_ports: Vec<u16>,
+    /// Most proxy connections (streams) one VM may hold open at once. Default
+    /// [`DEFAULT_MAX_CONNECTIONS`].
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
+
+/// Default for [`Policy::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// Default for [`Policy::max_inspected_body`]: 8 MiB.
 pub const DEFAULT_MAX_INSPECTED_BODY: u64 = 8 << 20;
 
 impl Policy {
+    /// [`Policy::max_connections`] or its default.
+    pub fn connection_limit(&self) -> usize {
+        self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS)
+    }
+
     /// [`Policy::max_inspected_body`] or its default.
     pub fn body_limit(&self) -> u64 {
         self.max_inspected_body
@@ -97,10 +113,11 @@ pub struct Cidr(pub ipnet::IpNet);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InterceptMode {
-    /// Intercept every TLS connection (the only mode implemented by the core).
+    /// Intercept every TLS connection.
     #[default]
     Always,
-    /// Pass through TLS where no credential or HTTP rule can apply (later).
+    /// Pass TLS through untouched (after checking the ClientHello SNI) to hosts where no
+    /// credential applies; intercept the rest.
     Auto,
 }
 

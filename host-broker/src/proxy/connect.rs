@@ -17,7 +17,7 @@ use super::body::{self, ProxyBody};
 use super::headers::host_without_port;
 use super::{record, refuse};
 use crate::audit;
-use crate::policy::resolve_target;
+use crate::policy::{resolve_target, InterceptMode};
 use crate::state::{Shared, VmState};
 use crate::upstream;
 
@@ -25,6 +25,7 @@ pub(super) async fn handle(
     req: Request<Incoming>,
     vm: Arc<VmState>,
     shared: Arc<Shared>,
+    slot: Arc<super::StreamSlot>,
 ) -> Response<ProxyBody> {
     let Some(authority) = req.uri().authority().cloned() else {
         let rec = record(&vm, &req, "");
@@ -65,6 +66,43 @@ pub(super) async fn handle(
             return refuse(&shared, rec, StatusCode::FORBIDDEN, &d.reason);
         }
     };
+    // Raw TCP ports and (under `intercept: auto`) hosts no credential applies to are not
+    // intercepted: answer 200, then relay (after checking the ClientHello for pass-through).
+    let opaque = if vm.policy.raw_tcp_ports.contains(&port) {
+        Some(super::opaque::Mode::Raw)
+    } else if vm.policy.intercept == InterceptMode::Auto
+        && !vm.current_credentials().applies_to_host(&host)
+    {
+        Some(super::opaque::Mode::PassThrough)
+    } else {
+        None
+    };
+    if let Some(mode) = opaque {
+        rec.verdict = "tunnel".into();
+        rec.status = 200;
+        audit::emit(&shared.events, rec);
+        let span = tracing::info_span!("tunnel", %host, port, %addr, ?mode);
+        tokio::spawn(
+            async move {
+                let _slot = slot; // counts against the VM's limit until the tunnel ends
+                let vm2 = vm.clone();
+                let run = async move {
+                    match hyper::upgrade::on(req).await {
+                        Ok(u) => {
+                            super::opaque::run(TokioIo::new(u), mode, host, addr, vm, shared).await
+                        }
+                        Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+                    }
+                };
+                tokio::select! {
+                    _ = run => {}
+                    _ = vm2.closed() => tracing::info!("VM unregistered: closing tunnel"),
+                }
+            }
+            .instrument(span),
+        );
+        return Response::new(body::full(""));
+    }
     let up = match upstream::dial_tls(&shared.upstream_tls, &host, addr).await {
         Ok(s) => s,
         Err(e) => return refuse(&shared, rec, StatusCode::BAD_GATEWAY, &e.to_string()),
@@ -81,6 +119,7 @@ pub(super) async fn handle(
     // the VM ends it.
     tokio::spawn(
         async move {
+            let _slot = slot; // counts against the VM's limit until the tunnel ends
             let vm2 = vm.clone();
             let run = async move {
                 match hyper::upgrade::on(req).await {

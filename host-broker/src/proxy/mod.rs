@@ -10,6 +10,7 @@ mod body;
 mod connect;
 mod decode;
 mod headers;
+mod opaque;
 mod plain;
 mod request_body;
 mod response;
@@ -17,7 +18,7 @@ mod tunnel;
 mod upstream_conn;
 mod websocket;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,25 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 static CONN_IDS: AtomicU64 = AtomicU64::new(1);
 
+/// One counted proxy stream of a VM; released on drop.
+pub(crate) struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    fn acquire(open: &Arc<AtomicUsize>, limit: usize) -> Option<StreamSlot> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| StreamSlot(open.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Serves one proxy stream until the guest closes it.
 pub(crate) async fn serve<S>(io: S, vm: Arc<VmState>, shared: Arc<Shared>)
 where
@@ -49,10 +69,33 @@ where
 {
     let conn = CONN_IDS.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("conn", conn);
+    let limit = vm.policy.connection_limit();
+    let Some(slot) = StreamSlot::acquire(&vm.open_streams, limit) else {
+        // Over the per-VM limit: answer this stream's request with 503 and close it. The
+        // other VMs (and this VM's open streams) are unaffected.
+        span.in_scope(|| tracing::warn!(limit, "per-VM connection limit reached"));
+        let reason = format!("per-VM connection limit ({limit}) reached");
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let rec = record(&vm, &req, req.uri().host().unwrap_or(""));
+            let resp = refuse(&shared, rec, StatusCode::SERVICE_UNAVAILABLE, &reason);
+            async move { Ok::<_, std::convert::Infallible>(resp) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(io), svc)
+            .await;
+        return;
+    };
+    // The slot lives as long as the connection *and* any tunnel it became (the CONNECT
+    // handler keeps a clone in the tunnel task).
+    let slot = Arc::new(slot);
     let svc = service_fn(move |req| {
         let vm = vm.clone();
         let shared = shared.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(req, vm, shared).await) }
+        let slot = slot.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(req, vm, shared, slot).await) }
     });
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -71,9 +114,10 @@ async fn route(
     req: Request<Incoming>,
     vm: Arc<VmState>,
     shared: Arc<Shared>,
+    slot: Arc<StreamSlot>,
 ) -> Response<ProxyBody> {
     if req.method() == Method::CONNECT {
-        return connect::handle(req, vm, shared).await;
+        return connect::handle(req, vm, shared, slot).await;
     }
     match req.uri().scheme_str() {
         Some("http") if req.uri().authority().is_some() => plain::handle(req, vm, shared).await,

@@ -255,6 +255,14 @@ impl CredentialSet {
         self.creds.is_empty()
     }
 
+    /// Whether some credential may be sent to `host` (its `hosts` match): such a host is
+    /// always intercepted, also under `intercept: auto`.
+    pub fn applies_to_host(&self, host: &str) -> bool {
+        self.creds
+            .iter()
+            .any(|c| c.hosts.iter().any(|p| p.matches(host)))
+    }
+
     /// Credential names, in policy order.
     pub fn names(&self) -> Vec<String> {
         self.creds.iter().map(|c| c.name.clone()).collect()

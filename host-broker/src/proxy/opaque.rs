@@ -1,0 +1,113 @@
+//! CONNECT tunnels the broker does not intercept: raw TCP to `raw_tcp_ports`, and TLS passed
+//! through under `intercept: auto` to hosts where no credential applies.
+//!
+//! Pass-through still checks the ClientHello: its SNI must equal the CONNECT host (absent
+//! only for IP-literal hosts), otherwise the tunnel is closed -- the guest cannot use an
+//! allowed CONNECT host to reach another name on a shared server. The address dialed is the
+//! one the policy approved. Byte counts are audited when the tunnel closes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::audit::{self, AuditRecord};
+use crate::state::{Shared, VmState};
+use crate::tls::client_hello::{read_client_hello, Peeked};
+use crate::upstream;
+
+/// How an opaque tunnel is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Relay bytes as they come (raw TCP port).
+    Raw,
+    /// Require a TLS ClientHello for the CONNECT host, then relay.
+    PassThrough,
+}
+
+fn record(vm: &VmState, host: &str, verdict: &str, bytes: u64) -> AuditRecord {
+    AuditRecord {
+        vm: vm.id.clone(),
+        host: host.to_owned(),
+        method: "CONNECT".into(),
+        path: String::new(),
+        credentials: Vec::new(),
+        verdict: verdict.into(),
+        status: 200,
+        bytes,
+    }
+}
+
+/// Runs one opaque tunnel on the guest's upgraded stream.
+pub(super) async fn run<G>(
+    mut guest: G,
+    mode: Mode,
+    host: String,
+    addr: SocketAddr,
+    vm: Arc<VmState>,
+    shared: Arc<Shared>,
+) where
+    G: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut first = Vec::new();
+    if mode == Mode::PassThrough {
+        let peek = tokio::time::timeout(super::HEADER_READ_TIMEOUT, read_client_hello(&mut guest));
+        let (peeked, bytes) = match peek.await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => return tracing::info!(error = %e, "no TLS hello"),
+            Err(_) => return tracing::info!("guest sent no TLS hello in time"),
+        };
+        let is_ip = host.parse::<IpAddr>().is_ok();
+        let ok = match &peeked {
+            Peeked::Tls { sni: Some(s) } => *s == host,
+            Peeked::Tls { sni: None } => is_ip,
+            Peeked::NotTls => false,
+        };
+        if !ok {
+            tracing::warn!(
+                ?peeked,
+                "closing pass-through tunnel: not a TLS hello for the CONNECT host"
+            );
+            let mut rec = record(&vm, &host, "blocked", 0);
+            rec.status = 0;
+            return audit::emit(&shared.events, rec);
+        }
+        first = bytes;
+    }
+    let mut up = match upstream::dial(addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(error = %e, "opaque tunnel: upstream unreachable");
+            let mut rec = record(&vm, &host, "failed", 0);
+            rec.status = 502;
+            return audit::emit(&shared.events, rec);
+        }
+    };
+    if !first.is_empty() {
+        if let Err(e) = up.write_all(&first).await {
+            return tracing::info!(error = %e, "opaque tunnel: upstream write failed");
+        }
+    }
+    let verdict = match mode {
+        Mode::Raw => "relayed",
+        Mode::PassThrough => "passthrough",
+    };
+    let (to_up, to_guest) = match tokio::io::copy_bidirectional(&mut guest, &mut up).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::debug!(error = %e, "opaque tunnel ended with an error");
+            (0, 0)
+        }
+    };
+    let to_up = to_up + first.len() as u64;
+    tracing::info!(
+        to_upstream = to_up,
+        to_guest,
+        verdict,
+        "opaque tunnel closed"
+    );
+    audit::emit(
+        &shared.events,
+        record(&vm, &host, verdict, to_up + to_guest),
+    );
+}
