@@ -232,5 +232,36 @@ async fn peer_uid_not_on_the_list_is_refused() {
     let d = start_daemon(dir.path(), "").await;
     let (st, v) = d.api_json("GET", "/v1/health", None).await;
     assert_eq!((st, v["status"].as_str()), (200, Some("ok")), "{v}");
+
+    // A real other user (nobody) is refused by the uid check even when the file mode would
+    // let it connect (the test relaxes the mode on purpose to reach the check).
+    if me != 0 {
+        println!("SKIP: not root, cannot run a client as nobody");
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        let open = |p: &std::path::Path, m| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        open(dir.path(), 0o755);
+        open(&d.socket, 0o666);
+        let out = tokio::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                BIN,
+                "--socket",
+            ])
+            .arg(&d.socket)
+            .args(["vm", "ls"])
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("peer uid 65534 is not allowed"),
+            "{err}"
+        );
+    }
     d.stop().await;
 }
