@@ -150,6 +150,15 @@ async fn register_rotate_stats_metrics_unregister() {
         dir.path().join("state/vms/vm1/ca.key").exists(),
         "CA kept for a re-registration"
     );
+    // Re-registering the id (e.g. the VM restored from a snapshot) gives the same CA.
+    let (st, v) = d
+        .api_json("POST", "/v1/vms", Some(&register_body(dir.path(), up.addr)))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (_, ca_again) = d.api("GET", "/v1/vms/vm1/ca", None).await;
+    assert_eq!(ca_again, ca, "same CA after unregister + register");
+    let (st, _) = d.api("DELETE", "/v1/vms/vm1", None).await;
+    assert_eq!(st, 200);
 
     let log = d.log();
     assert!(!log.contains(FIRST) && !log.contains(SECOND), "{log}");
