@@ -434,3 +434,16 @@ fn reasons_are_valid_header_values() {
         assert!(http::HeaderValue::from_str(&d.reason).is_ok(), "{d}");
     }
 }
+
+#[test]
+fn connection_limit_and_raw_ports_validated() {
+    assert!(json_err(r#"{"max_connections": 0}"#).contains("max_connections: must be at least 1"));
+    assert!(json_err(r#"{"raw_tcp_ports": [5432, 0]}"#).contains("raw_tcp_ports[1]"));
+    let p = json(r#"{"max_connections": 3, "raw_tcp_ports": [5432], "max_inspected_body": 10}"#);
+    assert_eq!(p.connection_limit(), 3);
+    assert_eq!(p.body_limit(), 10);
+    assert_eq!(
+        json("{}").connection_limit(),
+        crate::policy::model::DEFAULT_MAX_CONNECTIONS
+    );
+}

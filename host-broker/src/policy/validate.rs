@@ -38,6 +38,12 @@ pub(crate) fn is_env_name(s: &str) -> bool {
 impl Policy {
     /// Checks cross-field rules (required `hosts`, distinct placeholders, inject rules, ...).
     pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.max_connections == Some(0) {
+            return Err(err("max_connections", "must be at least 1"));
+        }
+        if let Some(i) = self.raw_tcp_ports.iter().position(|p| *p == 0) {
+            return Err(err(format!("raw_tcp_ports[{i}]"), "port 0 is not a port"));
+        }
         for (i, r) in self.egress.allow.iter().enumerate() {
             validate_rule(&format!("egress.allow[{i}]"), r)?;
         }
