@@ -114,7 +114,11 @@ async fn bind_private(path: &Path) -> Result<UnixListener, ApiSetupError> {
         }
         std::fs::remove_file(path).map_err(err)?;
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -122,11 +126,26 @@ async fn bind_private(path: &Path) -> Result<UnixListener, ApiSetupError> {
             .create(dir)
             .map_err(err)?;
     }
-    let l = UnixListener::bind(path).map_err(err)?;
-    // Between bind and chmod the file has the umask's mode; the uid check below is what
-    // actually guards every connection.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-    Ok(l)
+    // Bind inside a private (0700) scratch directory, make the socket 0600, then rename it
+    // into place: the socket is never reachable at `path` with a looser mode.
+    let scratch = dir.join(format!(".control-sock.{}.d", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&scratch)
+            .map_err(err)?;
+    }
+    let tmp = scratch.join("s");
+    let result = (|| {
+        let l = UnixListener::bind(&tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(l)
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result.map_err(err)
 }
 
 async fn accept_unix(listener: UnixListener, state: Arc<ApiState>, allowed: Arc<Vec<u32>>) {
