@@ -179,7 +179,34 @@ async fn answer(
         }
         return r;
     }
-    let mut resp = match parts.uri.path() {
+    let path = parts.uri.path();
+    if path == "/sink" {
+        return Response::new(full(body.len().to_string()));
+    }
+    if let Some(n) = path.strip_prefix("/gzbulk/") {
+        // n bytes of text, gzip-compressed (bench: cost of decode + scrub).
+        // Compressed once per size, so the upstream's compression cost is not measured.
+        static CACHE: Mutex<Vec<(usize, Bytes)>> = Mutex::new(Vec::new());
+        let n: usize = n.parse().unwrap_or(0);
+        let cached = CACHE
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, b)| b.clone());
+        let z = cached.unwrap_or_else(|| {
+            let line = b"the quick brown fox jumps over the lazy dog 0123456789\n";
+            let text: Vec<u8> = line.iter().copied().cycle().take(n).collect();
+            let z = Bytes::from(gzip(&text));
+            CACHE.lock().unwrap().push((n, z.clone()));
+            z
+        });
+        let mut r = Response::new(full(z));
+        r.headers_mut()
+            .insert("content-encoding", "gzip".parse().unwrap());
+        return r;
+    }
+    let mut resp = match path {
         "/gzip" => {
             let mut r = Response::new(full(gzip(&reflected)));
             r.headers_mut()
