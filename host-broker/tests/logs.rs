@@ -40,6 +40,7 @@ async fn canary_secret_never_logged() {
         r#"{{
         "egress": {{"default": "deny", "allow": [{{"hosts": ["api.test", "other.test"]}}, {{"cidrs": ["127.0.0.1/32"]}}]}},
         "credentials": {{"API_KEY": {{"source": {{"env": "API_KEY"}}, "hosts": ["api.test"],
+            "in": ["headers", "query", "body"],
             "inject": [{{"header": "x-injected", "format": "Key ${{value}}"}}]}}}},
         "resolve": {{"api.test": "{a}", "other.test": "{a}"}}
     }}"#,
@@ -77,7 +78,22 @@ async fn canary_secret_never_logged() {
     )
     .await;
     assert_eq!(s, 403);
+    // Query and body substitution (and a blocked body toward the wrong host).
+    for host in ["api.test", "other.test"] {
+        let mut c = intercepted_client(&h, host, 443).await;
+        let req = hyper::Request::post("/q?k=mock-API_KEY")
+            .header("host", host)
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"{\"k\":\"mock-API_KEY\"}",
+            )))
+            .unwrap();
+        c.ready().await.unwrap();
+        let resp = c.send_request(req).await.unwrap();
+        let want = if host == "api.test" { 200 } else { 403 };
+        assert_eq!(resp.status(), want);
+    }
     let seen = up.requests();
+    assert!(seen.iter().any(|r| r.path == format!("/q?k={CANARY}")));
     assert_eq!(
         seen[0].header("authorization"),
         Some(format!("Bearer {CANARY}").as_str())
