@@ -527,3 +527,35 @@ async fn websocket_upgrade_is_gated_substituted_then_relayed() {
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert_eq!(w.echo.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn h2_guest_streams_are_not_stalled_by_a_long_response_on_an_http1_upstream() {
+    use http_body_util::BodyExt;
+    let w = world(H1_ONLY, CRED_HEADERS, "").await;
+    let mut c = h2_client(&w.h, "api.test", 443).await;
+    c.ready().await.unwrap();
+    // An SSE stream held open by the upstream...
+    let sse = c
+        .send_request(req("GET", "https://api.test/sse", &[], b""))
+        .await
+        .unwrap();
+    let mut sse = sse.into_body();
+    let first = tokio::time::timeout(WAIT, sse.frame()).await.unwrap();
+    assert!(first.is_some());
+    // ...while other streams on the same guest connection are answered.
+    for i in 0..3 {
+        let a = h2_send(
+            &mut c,
+            req("GET", &format!("https://api.test/n{i}"), &[], b""),
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.headers["x-upstream-version"], "HTTP/1.1");
+    }
+    w.echo.sse_release.notify_one();
+    let rest = tokio::time::timeout(WAIT, sse.collect())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&rest.to_bytes()[..], b"data: second\n\n");
+}

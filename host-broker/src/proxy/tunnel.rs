@@ -30,6 +30,10 @@ use crate::secrets::{GateContext, Verdict};
 use crate::state::{Shared, VmState};
 use crate::upstream;
 
+/// How long a request waits for the tunnel's HTTP/1.1 upstream connection to finish the
+/// previous response before it gets an extra connection of its own.
+const H1_REUSE_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Concurrent streams a guest may open on one HTTP/2 connection.
 const H2_MAX_STREAMS: u32 = 100;
 
@@ -267,54 +271,79 @@ impl Tunnel {
             };
             return websocket::forward(up, parts, body, rec, &creds, &self.shared).await;
         }
-        let mut req = Request::from_parts(parts, body);
-        let result = {
-            let mut guard = conn.lock().await;
-            let ready = match guard.as_mut() {
-                Some(c) => c.ready().await,
-                None => false,
-            };
-            if !ready {
-                *guard = None;
-                match upstream::dial_tls(&self.shared.upstream_tls, host, self.addr).await {
-                    Ok(up) => {
-                        let h2 = negotiated_h2(&up);
-                        match UpstreamConn::handshake(up, h2).await {
-                            Ok(c) => *guard = Some(c),
-                            Err(e) => {
-                                let reason = format!("upstream {host}: {e}");
-                                return refuse(&self.shared, rec, StatusCode::BAD_GATEWAY, &reason);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        return refuse(&self.shared, rec, StatusCode::BAD_GATEWAY, &e.to_string())
-                    }
-                }
-            }
-            let Some(c) = guard.as_mut() else {
-                let reason = format!("upstream {host}: no connection");
-                return refuse(&self.shared, rec, StatusCode::BAD_GATEWAY, &reason);
-            };
-            if c.is_h2() && te_trailers {
-                req.headers_mut()
-                    .insert(TE, HeaderValue::from_static("trailers"));
-            }
-            match c.shared() {
-                // HTTP/2: release the lock, other streams go concurrently.
-                Some(mut s) => {
-                    drop(guard);
-                    s.send(req, "https", &authority).await
-                }
-                None => c.send(req, "https", &authority).await,
-            }
-        };
+        let req = Request::from_parts(parts, body);
+        let result = self.send_upstream(conn, req, te_trailers, &authority).await;
         match result {
             Ok(resp) => respond(resp, rec, &creds, &self.shared),
-            Err(e) => {
-                let reason = format!("upstream {host}: {e}");
-                refuse(&self.shared, rec, StatusCode::BAD_GATEWAY, &reason)
-            }
+            Err(reason) => refuse(&self.shared, rec, StatusCode::BAD_GATEWAY, &reason),
         }
+    }
+
+    /// A new upstream connection (HTTP/2 or HTTP/1.1 as the upstream chooses).
+    async fn dial(&self) -> Result<UpstreamConn, String> {
+        let host = &self.host;
+        let up = upstream::dial_tls(&self.shared.upstream_tls, host, self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let h2 = negotiated_h2(&up);
+        UpstreamConn::handshake(up, h2)
+            .await
+            .map_err(|e| format!("upstream {host}: {e}"))
+    }
+
+    /// Sends one request upstream. HTTP/2: on the shared connection, concurrently. HTTP/1.1:
+    /// on the tunnel's connection when it is free, else on a one-off extra connection, so a
+    /// long response (SSE) on one stream of an HTTP/2 guest never stalls its other streams.
+    /// Err = the reason for a 502.
+    async fn send_upstream(
+        &self,
+        conn: &tokio::sync::Mutex<Option<UpstreamConn>>,
+        mut req: Request<ProxyBody>,
+        te_trailers: bool,
+        authority: &str,
+    ) -> Result<Response<Incoming>, String> {
+        let host = &self.host;
+        let mut guard = conn.lock().await;
+        let usable = match guard.as_mut() {
+            Some(c) if c.is_closed() => false,
+            Some(c) if c.is_h2() => c.ready().await,
+            Some(_) => true,
+            None => false,
+        };
+        if !usable {
+            let mut fresh = self.dial().await?;
+            fresh.ready().await;
+            *guard = Some(fresh);
+        }
+        let Some(c) = guard.as_mut() else {
+            return Err(format!("upstream {host}: no connection"));
+        };
+        if c.is_h2() && te_trailers {
+            req.headers_mut()
+                .insert(TE, HeaderValue::from_static("trailers"));
+        }
+        let mut one_off;
+        let c = if let Some(shared) = c.shared() {
+            // HTTP/2: release the lock, other streams go concurrently.
+            drop(guard);
+            one_off = shared;
+            &mut one_off
+        } else if c.is_ready_now()
+            || tokio::time::timeout(H1_REUSE_WAIT, c.ready()).await == Ok(true)
+        {
+            let r = c.send(req, "https", authority).await;
+            return r.map_err(|e| format!("upstream {host}: {e}"));
+        } else {
+            // HTTP/1.1 busy with another response: an extra connection for this request.
+            drop(guard);
+            one_off = self.dial().await?;
+            if !one_off.ready().await {
+                return Err(format!("upstream {host}: connection closed"));
+            }
+            &mut one_off
+        };
+        c.send(req, "https", authority)
+            .await
+            .map_err(|e| format!("upstream {host}: {e}"))
     }
 }

@@ -66,6 +66,22 @@ impl UpstreamConn {
         matches!(self, UpstreamConn::H2(_))
     }
 
+    /// Whether the connection is gone (peer closed, error).
+    pub fn is_closed(&self) -> bool {
+        match self {
+            UpstreamConn::H1(s) => s.is_closed(),
+            UpstreamConn::H2(s) => s.is_closed(),
+        }
+    }
+
+    /// Whether a request can be sent right now without waiting for another response.
+    pub fn is_ready_now(&self) -> bool {
+        match self {
+            UpstreamConn::H1(s) => s.is_ready(),
+            UpstreamConn::H2(s) => s.is_ready(),
+        }
+    }
+
     /// Waits until the connection can take a request; `false` if it is gone.
     pub async fn ready(&mut self) -> bool {
         match self {
