@@ -24,11 +24,17 @@ step guest-binaries cargo build --release --target x86_64-unknown-linux-musl \
 marker="$(mktemp)"
 trap 'rm -f "$marker"' EXIT
 export SLUICE_E2E_MARKER="$marker"
-step test cargo test --workspace
+# --no-fail-fast: one failing crate must not hide the results (or the VM runs) of the others.
+rc=0
+step test cargo test --workspace --no-fail-fast || rc=$?
 
 expected="$(grep -ho 'vm_test("[a-z0-9_]*")' tests/tests/*.rs | sort -u | wc -l)"
 ran="$(sort -u "$marker" | wc -l)"
 echo "test-all: VM tests completed: $ran of $expected" >&2
+if [ "$rc" -ne 0 ]; then
+  echo "test-all: cargo test failed (exit $rc) after $((SECONDS - t0))s" >&2
+  exit "$rc"
+fi
 if [ "${CI:-}" = true ] || [ "${CI:-}" = 1 ]; then
   if [ "$ran" -ne "$expected" ]; then
     echo "test-all: CI=true but only $ran of $expected VM tests ran to completion" >&2
