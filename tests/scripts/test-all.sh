@@ -10,9 +10,10 @@ cd "$(dirname "$0")/../.."
 t0=$SECONDS
 step() {
   local name="$1"; shift
-  local s=$SECONDS
-  "$@"
-  echo "test-all: step '$name' took $((SECONDS - s))s" >&2
+  local s=$SECONDS st=0
+  "$@" || st=$?
+  echo "test-all: step '$name' took $((SECONDS - s))s (exit $st)" >&2
+  return "$st"
 }
 
 step bootstrap bash tests/scripts/bootstrap.sh
