@@ -35,6 +35,14 @@ pub struct Scenario {
     pub upstream: Upstream,
     pub broker: Option<TestBroker>,
     pub vm: Vm,
+    /// The cached root image and its mtime at boot: VMs must never write to it.
+    root_image: Option<(std::path::PathBuf, std::time::SystemTime)>,
+}
+
+fn mtime(path: &std::path::Path) -> Result<std::time::SystemTime, HarnessError> {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map_err(|e| HarnessError::file(path, e))
 }
 
 impl Scenario {
@@ -77,18 +85,32 @@ impl Scenario {
             root_disk: spec.debian_root.then(|| artifacts.rootfs.clone()),
             memory_mib: spec.memory_mib,
         };
+        let root_image = match &cfg.root_disk {
+            Some(p) => Some((p.clone(), mtime(p)?)),
+            None => None,
+        };
         let vm = Vm::start(platform, dir, &cfg).await?;
         Ok(Scenario {
             canary,
             upstream,
             broker,
             vm,
+            root_image,
         })
     }
 
-    /// Waits for the guest to power off.
+    /// Waits for the guest to power off, then checks the cached root image was not written.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Result<VmExit, HarnessError> {
-        self.vm.wait_exit(timeout).await
+        let exit = self.vm.wait_exit(timeout).await?;
+        if let Some((path, before)) = &self.root_image {
+            if mtime(path)? != *before {
+                return Err(HarnessError::Exited(format!(
+                    "the cached root image {} was modified by the VM",
+                    path.display()
+                )));
+            }
+        }
+        Ok(exit)
     }
 
     /// Waits for the broker's `WorkloadExited` event for this VM and returns its exit code.
