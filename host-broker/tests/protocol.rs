@@ -559,3 +559,60 @@ async fn h2_guest_streams_are_not_stalled_by_a_long_response_on_an_http1_upstrea
         .unwrap();
     assert_eq!(&rest.to_bytes()[..], b"data: second\n\n");
 }
+
+#[tokio::test]
+async fn websocket_over_h2_extended_connect_is_gated_and_relayed() {
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world(BOTH, CRED_HEADERS, "").await;
+    let mut c = h2_client(&w.h, "api.test", 443).await;
+    // One ordinary request first, so the broker's SETTINGS (extended CONNECT) are in.
+    assert_eq!(
+        h2_send(&mut c, req("GET", "https://api.test/", &[], b""))
+            .await
+            .status,
+        200
+    );
+    let mut r = req(
+        "CONNECT",
+        "https://api.test/ws",
+        &[
+            ("authorization", "Bearer mock-API_KEY"),
+            ("sec-websocket-version", "13"),
+        ],
+        b"",
+    );
+    *r.version_mut() = http::Version::HTTP_2;
+    r.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    c.ready().await.unwrap();
+    let resp = tokio::time::timeout(WAIT, c.send_request(r))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["x-echo-authorization"],
+        "Bearer mock-API_KEY"
+    );
+    let up = tokio::time::timeout(WAIT, hyper::upgrade::on(resp))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut io = TokioIo::new(up);
+    io.write_all(b"ws-over-h2").await.unwrap();
+    let mut back = [0u8; 10];
+    tokio::time::timeout(WAIT, io.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"ws-over-h2");
+    let g = w.echo.requests().pop().unwrap();
+    assert_eq!((g.method.as_str(), g.version.as_str()), ("GET", "HTTP/1.1"));
+    assert_eq!(g.header("upgrade"), Some("websocket"));
+    assert!(g.header("sec-websocket-key").is_some());
+    assert_eq!(
+        g.header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
+}

@@ -109,6 +109,7 @@ impl Tunnel {
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(H2_MAX_STREAMS)
+                .enable_connect_protocol()
                 .serve_connection(io, svc)
                 .await
         } else {
@@ -175,7 +176,10 @@ impl Tunnel {
                 return refuse(&self.shared, rec, status, &reason);
             }
         };
-        let upgrade = websocket::requested(&req).map(|p| (p, hyper::upgrade::on(&mut req)));
+        let h2_upgrade = websocket::extended_connect(&req);
+        let upgrade = websocket::requested(&req)
+            .or(h2_upgrade.clone())
+            .map(|p| (p, hyper::upgrade::on(&mut req)));
         let (mut parts, body) = req.into_parts();
         let te_trailers = parts
             .headers
@@ -237,7 +241,19 @@ impl Tunnel {
             }
         }
         let cap = self.vm.policy.body_limit();
-        let body = match request_body::inspect(body, &creds, &ctx, false, cap).await {
+        let inspected = if upgrade.is_some() {
+            // An upgrade's "body" is the upgraded stream itself (HTTP/2 extended CONNECT):
+            // never buffer it; the handshake goes out without one.
+            drop(body);
+            Inspected::Forward {
+                body: super::body::full(""),
+                len: None,
+                substituted: Vec::new(),
+            }
+        } else {
+            request_body::inspect(body, &creds, &ctx, false, cap).await
+        };
+        let body = match inspected {
             Inspected::Refuse {
                 status,
                 reason,
@@ -268,6 +284,7 @@ impl Tunnel {
                 authority: &authority,
                 protocol,
                 guest,
+                h2_guest: h2_upgrade.is_some(),
             };
             return websocket::forward(up, parts, body, rec, &creds, &self.shared).await;
         }

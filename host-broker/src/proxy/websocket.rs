@@ -1,4 +1,11 @@
-//! HTTP/1.1 `Upgrade` (WebSocket) inside an intercepted tunnel.
+//! HTTP/1.1 `Upgrade` (WebSocket) inside an intercepted tunnel, and its HTTP/2 form
+//! (RFC 8441 extended CONNECT with `:protocol`).
+//!
+//! An HTTP/2 guest's extended CONNECT is translated to an HTTP/1.1 Upgrade toward the
+//! upstream (`GET` + `Connection: upgrade` + `Upgrade: <protocol>`, with a fresh
+//! `Sec-WebSocket-Key` when the guest sent none, as RFC 8441 has none); the upstream's `101`
+//! becomes `200` on the guest's stream. WebSocket frames are the same in both, so the
+//! relay needs no translation.
 //!
 //! The upgrade request is an ordinary request first: authority check, header gates and
 //! substitution (e.g. `Authorization` on the handshake) all happen in the caller. It then
@@ -48,6 +55,32 @@ pub(super) struct UpgradeRequest<'a> {
     pub authority: &'a str,
     pub protocol: HeaderValue,
     pub guest: OnUpgrade,
+    /// The guest used HTTP/2 extended CONNECT (answer `200`, not `101`).
+    pub h2_guest: bool,
+}
+
+/// The `:protocol` of an HTTP/2 extended CONNECT, as an `Upgrade` header value.
+pub(super) fn extended_connect(req: &Request<hyper::body::Incoming>) -> Option<HeaderValue> {
+    if req.method() != http::Method::CONNECT || req.version() != http::Version::HTTP_2 {
+        return None;
+    }
+    let p = req.extensions().get::<hyper::ext::Protocol>()?;
+    HeaderValue::from_str(p.as_str()).ok()
+}
+
+/// A `Sec-WebSocket-Key` (16 bytes, base64). It only needs to be unpredictable enough to
+/// defeat caching intermediaries, so std's randomly keyed hasher is sufficient.
+fn websocket_key() -> HeaderValue {
+    use base64::Engine;
+    use std::hash::{BuildHasher, Hasher};
+    let mut bytes = [0u8; 16];
+    for half in bytes.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0x5eed);
+        half.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    let key = base64::engine::general_purpose::STANDARD.encode(bytes);
+    HeaderValue::from_str(&key).unwrap_or(HeaderValue::from_static("c2x1aWNlLXdzLWtleS0wMQ=="))
 }
 
 /// Sends the (already gated) upgrade request upstream and, on `101`, relays the streams.
@@ -82,6 +115,12 @@ pub(super) async fn forward(
         .in_current_span(),
     );
     parts.version = http::Version::HTTP_11;
+    if up.h2_guest {
+        parts.method = http::Method::GET;
+        if !parts.headers.contains_key("sec-websocket-key") {
+            parts.headers.insert("sec-websocket-key", websocket_key());
+        }
+    }
     parts.uri = parts
         .uri
         .path_and_query()
@@ -113,14 +152,21 @@ pub(super) async fn forward(
     let protocol = head.headers.get(UPGRADE).cloned();
     super::headers::strip_hop_by_hop(&mut head.headers);
     creds.scrub_response_headers(&mut head.headers);
-    head.headers
-        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Some(p) = protocol {
-        head.headers.insert(UPGRADE, p);
+    if up.h2_guest {
+        // RFC 8441: success is a 2xx on the stream; no connection-specific headers.
+        head.status = StatusCode::OK;
+        head.version = http::Version::HTTP_2;
+        head.headers.remove("sec-websocket-accept");
+    } else {
+        head.headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(p) = protocol {
+            head.headers.insert(UPGRADE, p);
+        }
     }
     let mut rec = rec;
     rec.verdict = "forwarded".into();
-    rec.status = 101;
+    rec.status = head.status.as_u16();
     audit::emit(&shared.events, rec);
     let guest = up.guest;
     tokio::spawn(
