@@ -25,6 +25,9 @@ pub(crate) struct VmState {
     pub closed: tokio::sync::watch::Receiver<bool>,
     /// Proxy streams open right now (shared by every version; per-VM connection limit).
     pub open_streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// Request-body bytes this VM may hold buffered for inspection at once (shared by every
+    /// version; sized from the first policy, see `Policy::body_budget`).
+    pub body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl VmState {
@@ -37,6 +40,7 @@ impl VmState {
         leaves: Arc<LeafCache>,
         closed: tokio::sync::watch::Receiver<bool>,
     ) -> VmState {
+        let budget = policy.body_budget();
         VmState {
             id,
             policy,
@@ -45,6 +49,7 @@ impl VmState {
             leaves,
             closed,
             open_streams: Arc::default(),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(budget)),
         }
     }
 
@@ -59,6 +64,7 @@ impl VmState {
             leaves: self.leaves.clone(),
             closed: self.closed.clone(),
             open_streams: self.open_streams.clone(),
+            body_budget: self.body_budget.clone(),
         }
     }
 

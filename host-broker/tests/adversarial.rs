@@ -508,3 +508,57 @@ async fn echo_of_the_real_value_in_header_body_gzip_and_trailer_is_scrubbed() {
         a.text()
     );
 }
+
+#[tokio::test]
+async fn many_stalled_large_uploads_from_one_vm_hit_its_body_budget() {
+    // max_inspected_body 64 KiB -> the VM may hold 256 KiB of bodies buffered at once.
+    let w = world(BOTH, CRED_ALL, r#", "max_inspected_body": 65536"#).await;
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        let (mut tls, _) = tunnel_tls(&w.h, "api.test:443", "api.test", &[b"http/1.1"])
+            .await
+            .unwrap();
+        // Announce 60 KiB, send 50 KiB, then stall: the broker holds what it buffered.
+        tls.write_all(b"POST /up HTTP/1.1\r\nHost: api.test\r\nContent-Length: 61440\r\n\r\n")
+            .await
+            .unwrap();
+        tls.write_all(&vec![b'z'; 51200]).await.unwrap();
+        tls.flush().await.unwrap();
+        conns.push(tls);
+    }
+    // 6 x 50 KiB > 256 KiB: the first answer on any of them is a refusal naming the budget
+    // (the others are still buffering, stalled by us).
+    let reads = conns.iter_mut().map(|tls| {
+        Box::pin(async move {
+            let mut buf = vec![0u8; 1024];
+            let n = tls.read(&mut buf).await.unwrap_or(0);
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
+    });
+    let (head, _, _) = tokio::time::timeout(WAIT, futures_util::future::select_all(reads))
+        .await
+        .expect("no upload hit the per-VM body budget");
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.contains("budget"), "{head}");
+    assert!(w.echo.requests().is_empty());
+    // Budget comes back when those requests are gone.
+    drop(conns);
+    let mut c = h2_client(&w.h, "api.test", 443).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let a = h2_send(
+            &mut c,
+            req("POST", "https://api.test/ok", &[], &[b'y'; 60000]),
+        )
+        .await;
+        if a.status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "budget never released: {}",
+            a.reason()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -47,6 +47,13 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 pub const DEFAULT_MAX_INSPECTED_BODY: u64 = 8 << 20;
 
 impl Policy {
+    /// Request-body bytes one VM may hold buffered at once across all its requests: four
+    /// bodies of the largest inspected size (32 MiB by default).
+    pub fn body_budget(&self) -> usize {
+        let four = usize::try_from(self.body_limit().saturating_mul(4)).unwrap_or(usize::MAX);
+        four.min(tokio::sync::Semaphore::MAX_PERMITS)
+    }
+
     /// [`Policy::max_connections`] or its default.
     pub fn connection_limit(&self) -> usize {
         self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS)

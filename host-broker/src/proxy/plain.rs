@@ -108,7 +108,7 @@ pub(super) async fn handle(
         return refuse(&shared, rec, StatusCode::FORBIDDEN, &reason);
     }
     let cap = vm.policy.body_limit();
-    let body = match request_body::inspect(body, &creds, &ctx, true, cap).await {
+    let body = match request_body::inspect(body, &creds, &ctx, true, cap, &vm.body_budget).await {
         Inspected::Refuse {
             status,
             reason,

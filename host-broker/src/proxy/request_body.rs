@@ -13,6 +13,7 @@
 //! the first `cap` bytes are inspected and the rest streams through uninspected.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::body::{BoxError, ProxyBody};
 use crate::secrets::{CredentialSet, GateContext, Verdict};
@@ -50,6 +52,7 @@ pub(super) async fn inspect(
     ctx: &GateContext<'_>,
     plaintext: bool,
     cap: u64,
+    budget: &Arc<Semaphore>,
 ) -> Inspected {
     if creds.is_empty() || body.is_end_stream() {
         return Inspected::Forward {
@@ -61,6 +64,8 @@ pub(super) async fn inspect(
     let mut body = body;
     let mut buf = BytesMut::new();
     let mut overflow: Option<Bytes> = None;
+    // Bytes buffered count against the VM's budget until the body has been sent.
+    let mut held: Option<OwnedSemaphorePermit> = None;
     loop {
         let frame = match tokio::time::timeout(FRAME_TIMEOUT, body.frame()).await {
             Err(_) => return refuse(StatusCode::REQUEST_TIMEOUT, "request body stalled".into()),
@@ -77,6 +82,21 @@ pub(super) async fn inspect(
         if (buf.len() + data.len()) as u64 > cap {
             overflow = Some(data);
             break;
+        }
+        let Some(p) = u32::try_from(data.len())
+            .ok()
+            .and_then(|n| budget.clone().try_acquire_many_owned(n).ok())
+        else {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this VM's request-body inspection budget is exhausted (too many large \
+                 uploads at once); retry later"
+                    .into(),
+            );
+        };
+        match held.as_mut() {
+            Some(h) => h.merge(p),
+            None => held = Some(p),
         }
         buf.extend_from_slice(&data);
     }
@@ -119,6 +139,7 @@ pub(super) async fn inspect(
             body: Prefixed {
                 prefix: Some(prefix.freeze()),
                 rest: body,
+                _held: held,
             }
             .boxed(),
             len: None,
@@ -131,8 +152,40 @@ pub(super) async fn inspect(
     };
     Inspected::Forward {
         len: Some(out.len() as u64),
-        body: super::body::full(out),
+        body: Budgeted {
+            data: Some(out),
+            held,
+        }
+        .boxed(),
         substituted,
+    }
+}
+
+/// A buffered body holding its share of the VM's budget until it is sent or dropped.
+struct Budgeted {
+    data: Option<Bytes>,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl Body for Budgeted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = self.data.take().map(|d| Ok(Frame::data(d)));
+        self.held = None; // sent: release the budget
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
     }
 }
 
@@ -153,6 +206,7 @@ pub(super) fn passthrough(body: Incoming) -> ProxyBody {
 struct Prefixed {
     prefix: Option<Bytes>,
     rest: Incoming,
+    _held: Option<OwnedSemaphorePermit>,
 }
 
 impl Body for Prefixed {

@@ -251,7 +251,7 @@ impl Tunnel {
                 substituted: Vec::new(),
             }
         } else {
-            request_body::inspect(body, &creds, &ctx, false, cap).await
+            request_body::inspect(body, &creds, &ctx, false, cap, &self.vm.body_budget).await
         };
         let body = match inspected {
             Inspected::Refuse {
