@@ -562,3 +562,49 @@ async fn many_stalled_large_uploads_from_one_vm_hit_its_body_budget() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn h2_to_http1_downgrade_smuggling_is_contained() {
+    // No credentials (bodies stream through uninspected) and an HTTP/1.1-only upstream: the
+    // classic h2 -> h1 downgrade setting.
+    for creds in ["{}", CRED_HEADERS] {
+        let w = world(&[b"http/1.1"], creds, "").await;
+        let mut c = h2_client(&w.h, "api.test", 443).await;
+        let smuggled = "GET /smuggled HTTP/1.1\r\nHost: api.test\r\n\r\n";
+        // content-length 0 with a body carrying a second request; then a transfer-encoding
+        // header (connection-specific, forbidden in h2).
+        let attempts = [
+            req(
+                "POST",
+                "https://api.test/front",
+                &[("content-length", "0")],
+                smuggled.as_bytes(),
+            ),
+            req(
+                "POST",
+                "https://api.test/front",
+                &[("transfer-encoding", "chunked")],
+                format!("0\r\n\r\n{smuggled}").as_bytes(),
+            ),
+        ];
+        for r in attempts {
+            c.ready().await.ok();
+            if let Ok(Ok(resp)) = tokio::time::timeout(WAIT, c.send_request(r)).await {
+                let _ = collect(resp).await;
+            }
+            c = h2_client(&w.h, "api.test", 443).await;
+        }
+        // A well-formed request afterwards, to flush anything the upstream may have queued.
+        let a = h2_send(&mut c, req("GET", "https://api.test/after", &[], b"")).await;
+        assert_eq!(a.status, 200);
+        for g in w.echo.requests() {
+            assert_ne!(
+                g.target, "/smuggled",
+                "smuggled request reached the upstream: {g:?}"
+            );
+            assert!(
+                g.header("transfer-encoding").is_none() || g.header("content-length").is_none()
+            );
+        }
+    }
+}
