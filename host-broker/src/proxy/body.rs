@@ -99,6 +99,20 @@ impl Body for Counted {
             if this.done {
                 return Poll::Ready(None);
             }
+            // Decoded output is bounded per call: finish held-back input first.
+            if let Some(s) = this.scrubbing.as_mut() {
+                if let Some(d) = s.decoder.as_mut().filter(|d| d.has_pending()) {
+                    let plain = match d.drain() {
+                        Ok(p) => p,
+                        Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                    };
+                    let out = s.scrubber.push(&plain);
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(this.data(out))));
+                }
+            }
             let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),

@@ -13,16 +13,28 @@ use flate2::write::{MultiGzDecoder, ZlibDecoder};
 use http::header::{HeaderMap, HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING};
 
 /// A streaming decoder for one response body.
-pub(super) enum Decoder {
+pub(super) struct Decoder {
+    kind: Kind,
+    /// Compressed input not yet fed (output of one call is bounded; see [`MAX_OUTPUT`]).
+    pending: Vec<u8>,
+}
+
+enum Kind {
     Gzip(MultiGzDecoder<Vec<u8>>),
     Deflate(ZlibDecoder<Vec<u8>>),
 }
 
+/// Most decoded bytes one call produces: a small compressed frame can expand ~1000x, so
+/// input is fed in slices and the rest kept for the next call (bounded memory per body).
+const MAX_OUTPUT: usize = 1 << 20;
+/// Input slice fed at a time.
+const SLICE: usize = 1024;
+
 impl std::fmt::Debug for Decoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Decoder::Gzip(_) => "Decoder::Gzip",
-            Decoder::Deflate(_) => "Decoder::Deflate",
+        f.write_str(match self.kind {
+            Kind::Gzip(_) => "Decoder::Gzip",
+            Kind::Deflate(_) => "Decoder::Deflate",
         })
     }
 }
@@ -47,34 +59,75 @@ impl Decoder {
         }
         match codings.as_slice() {
             [] => Ok(None),
-            [c] if c == "gzip" || c == "x-gzip" => {
-                Ok(Some(Decoder::Gzip(MultiGzDecoder::new(Vec::new()))))
-            }
-            [c] if c == "deflate" => Ok(Some(Decoder::Deflate(ZlibDecoder::new(Vec::new())))),
+            [c] if c == "gzip" || c == "x-gzip" => Ok(Some(Decoder::new(Kind::Gzip(
+                MultiGzDecoder::new(Vec::new()),
+            )))),
+            [c] if c == "deflate" => Ok(Some(Decoder::new(Kind::Deflate(ZlibDecoder::new(
+                Vec::new(),
+            ))))),
             _ => Err(codings.join(", ")),
         }
     }
 
-    /// Feeds compressed bytes; returns what decoded so far.
-    pub fn push(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
-        match self {
-            Decoder::Gzip(d) => {
-                d.write_all(data)?;
-                Ok(std::mem::take(d.get_mut()))
-            }
-            Decoder::Deflate(d) => {
-                d.write_all(data)?;
-                Ok(std::mem::take(d.get_mut()))
-            }
+    fn new(kind: Kind) -> Decoder {
+        Decoder {
+            kind,
+            pending: Vec::new(),
         }
     }
 
-    /// Ends the stream; returns the last decoded bytes (error on a truncated stream).
-    pub fn finish(self) -> std::io::Result<Vec<u8>> {
-        match self {
-            Decoder::Gzip(d) => d.finish(),
-            Decoder::Deflate(d) => d.finish(),
+    fn feed(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match &mut self.kind {
+            Kind::Gzip(d) => d.write_all(data),
+            Kind::Deflate(d) => d.write_all(data),
         }
+    }
+
+    fn take_output(&mut self) -> Vec<u8> {
+        match &mut self.kind {
+            Kind::Gzip(d) => std::mem::take(d.get_mut()),
+            Kind::Deflate(d) => std::mem::take(d.get_mut()),
+        }
+    }
+
+    /// Feeds compressed bytes; returns what decoded so far, at most about [`MAX_OUTPUT`]
+    /// bytes: the rest of the input waits for [`Decoder::drain`] (see `has_pending`).
+    pub fn push(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        self.pending.extend_from_slice(data);
+        self.drain()
+    }
+
+    /// Continues with held-back input (bounded output, like [`Decoder::push`]).
+    pub fn drain(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut used = 0;
+        while used < self.pending.len() && out.len() < MAX_OUTPUT {
+            let end = (used + SLICE).min(self.pending.len());
+            let slice = self.pending[used..end].to_vec();
+            self.feed(&slice)?;
+            used = end;
+            out.extend(self.take_output());
+        }
+        self.pending.drain(..used);
+        Ok(out)
+    }
+
+    /// Whether input is held back (call [`Decoder::drain`] before reading more).
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Ends the stream; returns the last decoded bytes (error on a truncated stream).
+    pub fn finish(mut self) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while self.has_pending() {
+            out.extend(self.drain()?);
+        }
+        match self.kind {
+            Kind::Gzip(d) => out.extend(d.finish()?),
+            Kind::Deflate(d) => out.extend(d.finish()?),
+        }
+        Ok(out)
     }
 }
 
@@ -145,5 +198,25 @@ mod tests {
         assert_eq!(out, b"hello gzip world");
         h.insert(CONTENT_ENCODING, "br".parse().unwrap());
         assert_eq!(Decoder::for_headers(&h).unwrap_err(), "br");
+    }
+
+    #[test]
+    fn bomb_output_is_bounded_per_call() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![0u8; 64 << 20]).unwrap();
+        let z = enc.finish().unwrap();
+        assert!(z.len() < 256 << 10, "{}", z.len());
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_ENCODING, "gzip".parse().unwrap());
+        let mut d = Decoder::for_headers(&h).unwrap().unwrap();
+        let mut total = d.push(&z).unwrap().len();
+        assert!(total <= MAX_OUTPUT + SLICE * 1100, "{total}");
+        while d.has_pending() {
+            let n = d.drain().unwrap().len();
+            assert!(n <= MAX_OUTPUT + SLICE * 1100, "{n}");
+            total += n;
+        }
+        total += d.finish().unwrap().len();
+        assert_eq!(total, 64 << 20);
     }
 }
