@@ -20,13 +20,16 @@ use prometheus_client::registry::Registry;
 use crate::audit::AuditRecord;
 
 /// Verdicts that become label values; anything else is counted as `other`.
-const VERDICTS: [&str; 6] = [
+const VERDICTS: [&str; 9] = [
     "intercepted",
     "forwarded",
     "blocked",
     "denied",
     "failed",
     "error",
+    "tunnel",
+    "relayed",
+    "passthrough",
 ];
 
 /// Counters of one VM since it was registered (in this broker process).
