@@ -97,50 +97,6 @@ async fn absent_broker_gives_up_after_the_timeout() {
     assert_eq!(Fatal::from(err).status, status::UNAVAILABLE);
 }
 
-/// A log writer that signals when the agent reports it is waiting for the broker.
-#[derive(Clone)]
-struct WaitSignal(std::sync::mpsc::Sender<()>);
-
-impl std::io::Write for WaitSignal {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if String::from_utf8_lossy(buf).contains("waiting for the broker") {
-            let _ = self.0.send(());
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[tokio::test]
-async fn a_broker_that_appears_late_is_found() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || WaitSignal(tx.clone()))
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("late.sock");
-    let ep = Endpoint::Unix(path.clone());
-    let client = tokio::spawn(async move {
-        broker::fetch_config(&ep, BootMode::Exec, Duration::from_secs(20)).await
-    });
-    // Bind only once the agent has failed and said it is waiting (bounded wait).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while rx.try_recv().is_err() {
-        assert!(Instant::now() < deadline, "agent never reported waiting");
-        tokio::task::yield_now().await;
-    }
-    let listener = UnixListener::bind(&path).unwrap();
-    tokio::spawn(one_shot(
-        listener,
-        BrokerMessage::Config(GuestConfig::default()),
-    ));
-    let (_, cfg) = client.await.unwrap().unwrap();
-    assert_eq!(cfg, GuestConfig::default());
-}
-
 #[tokio::test]
 async fn garbage_from_the_broker_is_a_protocol_error() {
     use tokio::io::AsyncWriteExt;
