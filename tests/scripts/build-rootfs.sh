@@ -16,10 +16,17 @@ if [ -f "$image" ]; then
 fi
 work="$(mktemp -d "$cache/rootfs-build.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
+# The guest's apt sources are the host's own Debian sources (deb822 or one-line style), so
+# the image comes from the same mirror the machine already uses.
+sources=""
+for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list; do
+  if [ -s "$f" ] && grep -q '^[^#]' "$f"; then sources="$f"; break; fi
+done
+[ -n "$sources" ] || { echo "build-rootfs: no Debian apt sources on this host" >&2; exit 1; }
 mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
   --customize-hook='echo sluice-guest > "$1/etc/hostname"' \
   --customize-hook='rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*' \
-  bookworm "$work/root" http://deb.debian.org/debian
+  bookworm "$work/root" "$sources" </dev/null
 # Size: contents plus 30% and 64 MiB for the journal and the tests' scratch files.
 kib="$(du -sk "$work/root" | cut -f1)"
 size_mib=$(( kib * 13 / 10 / 1024 + 64 ))
