@@ -6,18 +6,20 @@
 //! reaches the upstream.
 //!
 
+use std::future::Future;
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use super::body::{self, ProxyBody};
 use super::headers::host_without_port;
-use super::{record, refuse};
+use super::{allowed_target, record, refuse, StreamSlot};
 use crate::audit;
-use crate::policy::{resolve_target, InterceptMode};
+use crate::policy::InterceptMode;
 use crate::state::{Shared, VmState};
 use crate::upstream;
 
@@ -25,7 +27,7 @@ pub(super) async fn handle(
     req: Request<Incoming>,
     vm: Arc<VmState>,
     shared: Arc<Shared>,
-    slot: Arc<super::StreamSlot>,
+    slot: Arc<StreamSlot>,
 ) -> Response<ProxyBody> {
     let Some(authority) = req.uri().authority().cloned() else {
         let rec = record(&vm, &req, "");
@@ -55,16 +57,9 @@ pub(super) async fn handle(
             "CONNECT host is empty",
         );
     }
-    if let Err(d) = vm.policy.check_name(&host, port) {
-        rec.verdict = "denied".into();
-        return refuse(&shared, rec, StatusCode::FORBIDDEN, &d.reason);
-    }
-    let addr = match resolve_target(&vm.policy, &host, port).await {
+    let addr = match allowed_target(&vm, &shared, &mut rec, &host, port).await {
         Ok(a) => a,
-        Err(d) => {
-            rec.verdict = "denied".into();
-            return refuse(&shared, rec, StatusCode::FORBIDDEN, &d.reason);
-        }
+        Err(refused) => return refused,
     };
     // Raw TCP ports and (under `intercept: auto`) hosts no credential applies to are not
     // intercepted: answer 200, then relay (after checking the ClientHello for pass-through).
@@ -82,25 +77,9 @@ pub(super) async fn handle(
         rec.status = 200;
         audit::emit(&shared.events, rec);
         let span = tracing::info_span!("tunnel", %host, port, %addr, ?mode);
-        tokio::spawn(
-            async move {
-                let _slot = slot; // counts against the VM's limit until the tunnel ends
-                let vm2 = vm.clone();
-                let run = async move {
-                    match hyper::upgrade::on(req).await {
-                        Ok(u) => {
-                            super::opaque::run(TokioIo::new(u), mode, host, addr, vm, shared).await
-                        }
-                        Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
-                    }
-                };
-                tokio::select! {
-                    _ = run => {}
-                    _ = vm2.closed() => tracing::info!("VM unregistered: closing tunnel"),
-                }
-            }
-            .instrument(span),
-        );
+        spawn_tunnel(req, vm.clone(), slot, span, move |io| {
+            super::opaque::run(io, mode, host, addr, vm, shared)
+        });
         return Response::new(body::full(""));
     }
     let up = match upstream::dial_tls(&shared.upstream_tls, &host, addr).await {
@@ -115,32 +94,45 @@ pub(super) async fn handle(
     rec.status = 200;
     audit::emit(&shared.events, rec);
     let span = tracing::info_span!("tunnel", %host, port, %addr);
-    // The tunnel outlives this request's task, so it watches the VM itself: unregistering
-    // the VM ends it.
+    spawn_tunnel(req, vm.clone(), slot, span, move |io| {
+        let t = super::tunnel::Tunnel {
+            host,
+            addr,
+            vm,
+            shared,
+        };
+        t.intercept(io, leaf, up)
+    });
+    Response::new(body::full(""))
+}
+
+/// Runs `tunnel` on the stream the CONNECT upgrades to, in its own task (after the `200`).
+/// The tunnel outlives this request's task, so it watches the VM itself: unregistering the
+/// VM ends it. `slot` counts against the VM's limit until the tunnel ends.
+fn spawn_tunnel<F, Fut>(
+    req: Request<Incoming>,
+    vm: Arc<VmState>,
+    slot: Arc<StreamSlot>,
+    span: Span,
+    tunnel: F,
+) where
+    F: FnOnce(TokioIo<Upgraded>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     tokio::spawn(
         async move {
-            let _slot = slot; // counts against the VM's limit until the tunnel ends
-            let vm2 = vm.clone();
+            let _slot = slot;
             let run = async move {
                 match hyper::upgrade::on(req).await {
-                    Ok(upgraded) => {
-                        let t = super::tunnel::Tunnel {
-                            host,
-                            addr,
-                            vm,
-                            shared,
-                        };
-                        t.intercept(TokioIo::new(upgraded), leaf, up).await
-                    }
+                    Ok(upgraded) => tunnel(TokioIo::new(upgraded)).await,
                     Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
                 }
             };
             tokio::select! {
                 _ = run => {}
-                _ = vm2.closed() => tracing::info!("VM unregistered: closing tunnel"),
+                _ = vm.closed() => tracing::info!("VM unregistered: closing tunnel"),
             }
         }
         .instrument(span),
     );
-    Response::new(body::full(""))
 }

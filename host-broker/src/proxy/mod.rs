@@ -18,6 +18,7 @@ mod tunnel;
 mod upstream_conn;
 mod websocket;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
 use crate::audit::{self, AuditRecord};
+use crate::policy::resolve_target;
 use crate::state::{Shared, VmState};
 
 pub use body::{BoxError, ProxyBody};
@@ -159,6 +161,22 @@ fn record<B>(vm: &VmState, req: &Request<B>, host: &str) -> AuditRecord {
         status: 0,
         bytes: 0,
     }
+}
+
+/// The policy decision for `host:port`, shared by CONNECT and absolute-form requests:
+/// `resolve_target` checks the name first (before any DNS), then every resolved address.
+/// Returns the one address to dial, or the `403` answer (audited with verdict `denied`).
+async fn allowed_target(
+    vm: &VmState,
+    shared: &Shared,
+    rec: &mut AuditRecord,
+    host: &str,
+    port: u16,
+) -> Result<SocketAddr, Response<ProxyBody>> {
+    resolve_target(&vm.policy, host, port).await.map_err(|d| {
+        rec.verdict = "denied".into();
+        refuse(shared, rec.clone(), StatusCode::FORBIDDEN, &d.reason)
+    })
 }
 
 /// Builds a refusal/failure answer, emits its audit record and returns the response.

@@ -14,8 +14,7 @@ use super::headers::{host_header, host_without_port, strip_hop_by_hop};
 use super::request_body::{self, Inspected};
 use super::response::respond;
 use super::upstream_conn::UpstreamConn;
-use super::{record, refuse};
-use crate::policy::resolve_target;
+use super::{allowed_target, record, refuse};
 use crate::secrets::{GateContext, Verdict};
 use crate::state::{Shared, VmState};
 use crate::upstream;
@@ -45,16 +44,9 @@ pub(super) async fn handle(
             "request URI has no host",
         );
     }
-    if let Err(d) = vm.policy.check_name(&host, port) {
-        rec.verdict = "denied".into();
-        return refuse(&shared, rec, StatusCode::FORBIDDEN, &d.reason);
-    }
-    let addr = match resolve_target(&vm.policy, &host, port).await {
+    let addr = match allowed_target(&vm, &shared, &mut rec, &host, port).await {
         Ok(a) => a,
-        Err(d) => {
-            rec.verdict = "denied".into();
-            return refuse(&shared, rec, StatusCode::FORBIDDEN, &d.reason);
-        }
+        Err(refused) => return refused,
     };
     let (mut parts, body) = req.into_parts();
     match host_header(&parts.headers) {
