@@ -96,6 +96,21 @@ pub enum BrokerError {
         #[source]
         source: CredentialError,
     },
+    /// `ca_from` names no usable CA (bad id, or no `ca.key` + `ca.pem` under its state dir).
+    #[error("VM {vm:?}: ca_from {from:?}: {reason}")]
+    BadCaFrom {
+        vm: String,
+        from: String,
+        reason: String,
+    },
+    /// `ca_from` was given but the new id already has a different CA of its own.
+    #[error("VM {vm:?}: ca_from {from:?}: {source}")]
+    CaConflict {
+        vm: String,
+        from: String,
+        #[source]
+        source: CaError,
+    },
     #[error("VM {vm:?}: CA: {source}")]
     Ca {
         vm: String,
@@ -208,6 +223,41 @@ impl Broker {
         spec: VmSpec,
         env: &dyn EnvSource,
     ) -> Result<(), BrokerError> {
+        self.register(spec, env, None).await
+    }
+
+    /// Registers a VM that must use the interception CA of VM `ca_from` (a VM forked or
+    /// restored from a snapshot of `ca_from` under a new id already trusts that CA).
+    ///
+    /// `ca_from` need not be registered: its `ca.key` + `ca.pem` must exist under
+    /// `<state_dir>/vms/<ca_from>/` (a removed VM's CA stays there). They are copied into
+    /// the new VM's state dir (key 0600, atomic writes) before the VM is served. If the new
+    /// id already has a CA, it must be the same one ([`BrokerError::CaConflict`] otherwise:
+    /// a CA some guest may trust is never replaced; delete `<state_dir>/vms/<id>/ca.*` by
+    /// hand first if that is really meant). The copy stays if a later step fails, so a retry
+    /// is harmless.
+    pub async fn register_vm_with_ca_from(
+        &self,
+        spec: VmSpec,
+        ca_from: &str,
+    ) -> Result<(), BrokerError> {
+        self.register(spec, &ProcessEnv, Some(ca_from)).await
+    }
+
+    /// Whether the VM `id` has a complete CA in the state dir (`ca.key` and `ca.pem`).
+    pub fn has_persisted_ca(&self, id: &str) -> bool {
+        valid_id(id) && {
+            let dir = self.inner.config.state_dir.join("vms").join(id);
+            dir.join("ca.key").is_file() && dir.join("ca.pem").is_file()
+        }
+    }
+
+    async fn register(
+        &self,
+        spec: VmSpec,
+        env: &dyn EnvSource,
+        ca_from: Option<&str>,
+    ) -> Result<(), BrokerError> {
         let id = spec.id.clone();
         if !valid_id(&id) {
             return Err(BrokerError::BadVmId(id));
@@ -227,6 +277,9 @@ impl Broker {
                 source,
             })?;
         let vm_dir = self.inner.config.state_dir.join("vms").join(&id);
+        if let Some(from) = ca_from {
+            self.copy_ca(&id, from, &vm_dir)?;
+        }
         let ca =
             Arc::new(
                 VmCa::load_or_create(&vm_dir, &id).map_err(|source| BrokerError::Ca {
@@ -298,6 +351,39 @@ impl Broker {
             return Err(BrokerError::DuplicateVm(id));
         }
         Ok(())
+    }
+
+    /// Copies the CA of VM `from` into `vm_dir` (the new VM `id`'s state dir).
+    fn copy_ca(&self, id: &str, from: &str, vm_dir: &Path) -> Result<(), BrokerError> {
+        let bad = |reason: &str| BrokerError::BadCaFrom {
+            vm: id.to_owned(),
+            from: from.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if !valid_id(from) {
+            return Err(bad(
+                "not a valid VM id (1-64 characters from [A-Za-z0-9._-], not starting with '.')",
+            ));
+        }
+        let src = self.inner.config.state_dir.join("vms").join(from);
+        match VmCa::copy_files(&src, vm_dir) {
+            Ok(done) => {
+                tracing::info!(vm = %id, ca_from = %from, outcome = ?done, "VM uses the CA of another VM");
+                Ok(())
+            }
+            Err(CaError::SourceMissing { .. }) => Err(bad(
+                "no such VM CA (neither registered nor present in the state dir)",
+            )),
+            Err(source @ CaError::Conflict { .. }) => Err(BrokerError::CaConflict {
+                vm: id.to_owned(),
+                from: from.to_owned(),
+                source,
+            }),
+            Err(source) => Err(BrokerError::Ca {
+                vm: id.to_owned(),
+                source,
+            }),
+        }
     }
 
     /// Replaces a VM's policy (and reloads its credentials) without touching its listener or

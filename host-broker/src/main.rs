@@ -15,6 +15,7 @@ const AFTER_HELP: &str = "\
 Typical flow (a VM manager or an operator):
   host-broker serve --config /etc/sluice/broker.toml          # the daemon (systemd unit in contrib/)
   host-broker vm add vm1 --hybrid-socket /run/vms/vm1.vsock --policy vm1.json
+  host-broker vm add vm2 --hybrid-socket /run/vms/vm2.vsock --policy vm1.json --ca-from vm1   # a fork of vm1
   host-broker credentials set vm1 OPENAI_API_KEY --value-from-credential openai --hosts api.openai.com
   host-broker vm stats vm1
   host-broker vm rm vm1
@@ -86,6 +87,11 @@ enum VmCommand {
         /// Policy file (.json or .toml); without it the VM may reach nothing.
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
+        /// Use the interception CA of VM OTHER_ID (this VM is a fork or snapshot restore of
+        /// it under a new id, so its guest already trusts that CA). OTHER_ID's CA must be in
+        /// state_dir (registered now or earlier); a different CA of this id is never replaced.
+        #[arg(long, value_name = "OTHER_ID")]
+        ca_from: Option<String>,
     },
     /// Replace a VM's policy (egress rules apply to new connections; credentials to the next
     /// request).

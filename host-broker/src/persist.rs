@@ -46,6 +46,10 @@ pub struct VmRecord {
     /// The policy (see docs/policy.md), JSON.
     #[serde(default = "empty_object")]
     pub policy: Value,
+    /// Use the interception CA of this VM (a fork or snapshot restore under a new id); its
+    /// CA is copied into this VM's state dir at registration (see `Broker::register_vm_with_ca_from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_from: Option<String>,
 }
 
 fn empty_object() -> Value {
@@ -190,6 +194,11 @@ fn mkdir_private(dir: &Path) -> Result<(), PersistError> {
 
 /// Writes `bytes` to `path` atomically with mode 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+/// Writes `bytes` to `path` atomically; the file is created with `mode` at open time.
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PersistError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| PersistError::Io { path: p, source }
@@ -205,7 +214,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)
         .map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;
@@ -231,6 +240,7 @@ mod tests {
             id: "vm1".into(),
             hybrid_socket: Some("/run/vm1.sock".into()),
             cid: None,
+            ca_from: None,
             policy: serde_json::json!({"credentials": {
                 "K": {"source": {"value": "sk-literal-123456"}, "hosts": ["a.example"]},
                 "E": {"source": {"env": "SOME_VAR"}, "hosts": ["b.example"]}

@@ -79,6 +79,12 @@ fn from_broker(e: BrokerError) -> ApiError {
         | BrokerError::DuplicateSocket { .. } => StatusCode::CONFLICT,
         BrokerError::UnknownVm(_) => StatusCode::NOT_FOUND,
         BrokerError::BadVmId(_) => return ApiError::field("id", e.to_string()),
+        BrokerError::BadCaFrom { .. } => return ApiError::field("ca_from", e.to_string()),
+        BrokerError::CaConflict { .. } => {
+            let mut err = ApiError::field("ca_from", e.to_string());
+            err.status = StatusCode::CONFLICT;
+            return err;
+        }
         BrokerError::Policy { source, .. } => return policy_error("policy", source),
         BrokerError::Credentials { .. } => StatusCode::BAD_REQUEST,
         // A bind failure is nearly always the caller's path (missing directory, a
@@ -241,8 +247,13 @@ impl ApiState {
                 tracing::warn!(vm = %rec.id, "persisted VM id is declared in the config file: the config wins");
                 continue;
             }
+            // A fork whose CA copy completed uses its own copy: the source may be gone now.
+            let ca_from = rec
+                .ca_from
+                .as_deref()
+                .filter(|_| !broker.has_persisted_ca(&rec.id));
             let result = match spec_of(&rec) {
-                Ok(spec) => broker.register_vm(spec).await.map_err(from_broker),
+                Ok(spec) => register(&broker, spec, ca_from).await,
                 Err(e) => Err(e),
             };
             match result {
@@ -312,7 +323,7 @@ impl ApiState {
         let rec: VmRecord = parse_json(body)?;
         let spec = spec_of(&rec)?;
         let _g = self.lock.lock().await;
-        self.broker.register_vm(spec).await.map_err(from_broker)?;
+        register(&self.broker, spec, rec.ca_from.as_deref()).await?;
         if let Err(e) = self.persist(&rec) {
             // Keep broker and store in step: an unpersisted VM would vanish on restart.
             let _ = self.broker.unregister_vm(&rec.id).await;
@@ -414,6 +425,14 @@ impl ApiState {
     pub fn state_dir(&self) -> PathBuf {
         self.broker.state_dir().to_path_buf()
     }
+}
+
+async fn register(broker: &Broker, spec: VmSpec, ca_from: Option<&str>) -> Result<(), ApiError> {
+    match ca_from {
+        Some(from) => broker.register_vm_with_ca_from(spec, from).await,
+        None => broker.register_vm(spec).await,
+    }
+    .map_err(from_broker)
 }
 
 fn unknown(id: &str) -> ApiError {

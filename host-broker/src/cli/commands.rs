@@ -41,6 +41,7 @@ pub async fn vm(socket: &Path, cmd: VmCommand) -> anyhow::Result<()> {
             hybrid_socket,
             cid,
             policy,
+            ca_from,
         } => {
             let policy = match policy {
                 Some(f) => policy_json(&f)?,
@@ -53,6 +54,9 @@ pub async fn vm(socket: &Path, cmd: VmCommand) -> anyhow::Result<()> {
             }
             if let Some(cid) = cid {
                 body["cid"] = json!(cid);
+            }
+            if let Some(from) = ca_from {
+                body["ca_from"] = json!(from);
             }
             let r = c.call(Method::POST, "/v1/vms", Some(&body)).await?.ok()?;
             let v = r.json();

@@ -5,5 +5,5 @@ pub mod ca;
 pub mod client_hello;
 pub mod leaf;
 
-pub use ca::{CaError, VmCa};
+pub use ca::{CaCopy, CaError, VmCa};
 pub use leaf::{Clock, LeafCache, LeafError, SystemClock};
