@@ -112,38 +112,45 @@ pub fn with_base(vars: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     env
 }
 
-/// `/etc/environment` (pam_env): `KEY="value"` lines.
-pub fn render_etc_environment(vars: &BTreeMap<String, String>) -> String {
-    let mut out = String::from("# Written by the Sluice guest agent at boot.\n");
+/// First line of every rendered file.
+const HEADER: &str = "# Written by the Sluice guest agent at boot.\n";
+
+/// The header, `preamble`, then one `line(key, value)` per variable.
+fn render(
+    preamble: &str,
+    vars: &BTreeMap<String, String>,
+    line: impl Fn(&str, &str) -> String,
+) -> String {
+    let mut out = format!("{HEADER}{preamble}");
     for (k, v) in vars {
-        out.push_str(&format!(
-            "{k}=\"{}\"\n",
-            v.replace('\\', "\\\\").replace('"', "\\\"")
-        ));
+        out.push_str(&line(k, v));
+        out.push('\n');
     }
     out
+}
+
+/// Double-quoted with `\` and `"` backslash-escaped (pam_env and systemd read it alike).
+fn double_quoted(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// `/etc/environment` (pam_env): `KEY="value"` lines.
+pub fn render_etc_environment(vars: &BTreeMap<String, String>) -> String {
+    render("", vars, |k, v| format!("{k}={}", double_quoted(v)))
 }
 
 /// `/etc/systemd/system.conf.d/sluice.conf`: `DefaultEnvironment=` with systemd quoting.
 pub fn render_systemd_dropin(vars: &BTreeMap<String, String>) -> String {
-    let mut out = String::from("# Written by the Sluice guest agent at boot.\n[Manager]\n");
-    for (k, v) in vars {
-        let kv = format!("{k}={v}");
-        out.push_str(&format!(
-            "DefaultEnvironment=\"{}\"\n",
-            kv.replace('\\', "\\\\").replace('"', "\\\"")
-        ));
-    }
-    out
+    render("[Manager]\n", vars, |k, v| {
+        format!("DefaultEnvironment={}", double_quoted(&format!("{k}={v}")))
+    })
 }
 
 /// `/etc/profile.d/sluice.sh`: `export KEY='value'` with POSIX shell quoting.
 pub fn render_profile(vars: &BTreeMap<String, String>) -> String {
-    let mut out = String::from("# Written by the Sluice guest agent at boot.\n");
-    for (k, v) in vars {
-        out.push_str(&format!("export {k}='{}'\n", v.replace('\'', "'\\''")));
-    }
-    out
+    render("", vars, |k, v| {
+        format!("export {k}='{}'", v.replace('\'', "'\\''"))
+    })
 }
 
 #[cfg(test)]
