@@ -85,21 +85,11 @@ async fn placeholder_in_basic_auth_to_wrong_host_blocked() {
 #[tokio::test]
 async fn placeholder_split_across_chunks_to_wrong_host_blocked() {
     let w = wrong_host_world().await;
-    let (mut tls, _) = tunnel_tls(&w.h, "other.test:443", "other.test", &[b"http/1.1"])
-        .await
-        .unwrap();
+    let mut tls = raw_h1_tls(&w.h, "other.test").await;
     tls.write_all(b"POST /c HTTP/1.1\r\nHost: other.test\r\nTransfer-Encoding: chunked\r\n\r\n")
         .await
         .unwrap();
-    for chunk in [&b"{\"k\":\"mo"[..], b"ck-AP", b"I_KEY\"}"] {
-        tls.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
-            .await
-            .unwrap();
-        tls.write_all(chunk).await.unwrap();
-        tls.write_all(b"\r\n").await.unwrap();
-        tls.flush().await.unwrap();
-    }
-    tls.write_all(b"0\r\n\r\n").await.unwrap();
+    write_chunked_body(&mut tls, &[b"{\"k\":\"mo", b"ck-AP", b"I_KEY\"}"]).await;
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(WAIT, tls.read(&mut buf))
         .await
@@ -173,16 +163,7 @@ async fn wildcard_credential_hosts_edge_cases_end_to_end() {
         ("example.test.evil.net", false),
     ] {
         let mut c = h2_client(&h, host, 443).await;
-        let a = h2_send(
-            &mut c,
-            req(
-                "GET",
-                &format!("https://{host}/"),
-                &[("authorization", "Bearer mock-API_KEY")],
-                b"",
-            ),
-        )
-        .await;
+        let a = h2_send(&mut c, get_with_placeholder(&format!("https://{host}/"))).await;
         assert_eq!(
             a.status == 200,
             substituted,
@@ -328,18 +309,12 @@ async fn upstream_with_expired_self_signed_or_wrong_name_cert_is_502_before_any_
 #[tokio::test]
 async fn oversized_request_headers_are_refused_and_never_forwarded() {
     let w = world(BOTH, CRED_HEADERS, "").await;
-    let (mut tls, _) = tunnel_tls(&w.h, "api.test:443", "api.test", &[b"http/1.1"])
-        .await
-        .unwrap();
+    let mut tls = raw_h1_tls(&w.h, "api.test").await;
     let big = "a".repeat(1 << 20);
     let head = format!("GET / HTTP/1.1\r\nHost: api.test\r\nx-big: {big}\r\n\r\n");
     // The broker may close before reading everything: a write error is fine.
     let _ = tls.write_all(head.as_bytes()).await;
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut out))
-        .await
-        .unwrap();
-    let out = String::from_utf8_lossy(&out);
+    let out = read_until_close(&mut tls).await;
     assert!(out.is_empty() || out.starts_with("HTTP/1.1 431"), "{out}");
     // And over HTTP/2 (header list limit).
     let mut c = h2_client(&w.h, "api.test", 443).await;
@@ -356,9 +331,7 @@ async fn oversized_request_headers_are_refused_and_never_forwarded() {
 #[tokio::test]
 async fn slowloris_header_trickle_is_cut_off() {
     let w = world(BOTH, CRED_HEADERS, "").await;
-    let (mut tls, _) = tunnel_tls(&w.h, "api.test:443", "api.test", &[b"http/1.1"])
-        .await
-        .unwrap();
+    let mut tls = raw_h1_tls(&w.h, "api.test").await;
     let started = std::time::Instant::now();
     let trickle = async {
         // One header byte every 500 ms, never finishing the head.
@@ -384,9 +357,7 @@ async fn slowloris_header_trickle_is_cut_off() {
 #[tokio::test]
 async fn smuggling_with_conflicting_content_length_and_transfer_encoding_is_contained() {
     let w = world(BOTH, CRED_HEADERS, "").await;
-    let (mut tls, _) = tunnel_tls(&w.h, "api.test:443", "api.test", &[b"http/1.1"])
-        .await
-        .unwrap();
+    let mut tls = raw_h1_tls(&w.h, "api.test").await;
     // CL says the body is the whole rest (smuggled request included); TE says it is empty.
     let smuggled =
         "GET /smuggled HTTP/1.1\r\nHost: other.test\r\nAuthorization: Bearer mock-API_KEY\r\n\r\n";
@@ -423,17 +394,11 @@ async fn smuggling_with_conflicting_content_length_and_transfer_encoding_is_cont
     }
     // Duplicate, conflicting Content-Length headers: 400, nothing forwarded.
     let before = w.echo.requests().len();
-    let (mut tls, _) = tunnel_tls(&w.h, "api.test:443", "api.test", &[b"http/1.1"])
-        .await
-        .unwrap();
+    let mut tls = raw_h1_tls(&w.h, "api.test").await;
     tls.write_all(b"POST /cl HTTP/1.1\r\nHost: api.test\r\nContent-Length: 3\r\nContent-Length: 30\r\n\r\nabc")
         .await
         .unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut out))
-        .await
-        .unwrap();
-    let out = String::from_utf8_lossy(&out);
+    let out = read_until_close(&mut tls).await;
     assert!(out.is_empty() || out.starts_with("HTTP/1.1 400"), "{out}");
     assert_eq!(w.echo.requests().len(), before);
 }
@@ -441,17 +406,11 @@ async fn smuggling_with_conflicting_content_length_and_transfer_encoding_is_cont
 #[tokio::test]
 async fn http10_request_without_host_in_a_tunnel_is_refused() {
     let w = world(BOTH, CRED_HEADERS, "").await;
-    let (mut tls, _) = tunnel_tls(&w.h, "api.test:443", "api.test", &[b"http/1.1"])
-        .await
-        .unwrap();
+    let mut tls = raw_h1_tls(&w.h, "api.test").await;
     tls.write_all(b"GET / HTTP/1.0\r\nAuthorization: Bearer mock-API_KEY\r\n\r\n")
         .await
         .unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut out))
-        .await
-        .unwrap();
-    let out = String::from_utf8_lossy(&out);
+    let out = read_until_close(&mut tls).await;
     assert!(
         out.starts_with("HTTP/1.0 403") || out.starts_with("HTTP/1.1 403"),
         "{out}"
@@ -469,10 +428,7 @@ async fn echo_of_the_real_value_in_header_body_gzip_and_trailer_is_scrubbed() {
             req(
                 "GET",
                 &format!("https://api.test{path}"),
-                &[
-                    ("authorization", "Bearer mock-API_KEY"),
-                    ("accept-encoding", "gzip"),
-                ],
+                &[PLACEHOLDER_AUTH, ("accept-encoding", "gzip")],
                 b"",
             ),
         )
@@ -515,9 +471,7 @@ async fn many_stalled_large_uploads_from_one_vm_hit_its_body_budget() {
     let w = world(BOTH, CRED_ALL, r#", "max_inspected_body": 65536"#).await;
     let mut conns = Vec::new();
     for _ in 0..6 {
-        let (mut tls, _) = tunnel_tls(&w.h, "api.test:443", "api.test", &[b"http/1.1"])
-            .await
-            .unwrap();
+        let mut tls = raw_h1_tls(&w.h, "api.test").await;
         // Announce 60 KiB, send 50 KiB, then stall: the broker holds what it buffered.
         tls.write_all(b"POST /up HTTP/1.1\r\nHost: api.test\r\nContent-Length: 61440\r\n\r\n")
             .await

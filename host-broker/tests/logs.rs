@@ -56,27 +56,11 @@ async fn canary_secret_never_logged() {
 
     // Substituted, echoed back (scrubbed), blocked elsewhere, and over plaintext.
     let mut c = intercepted_client(&h, "api.test", 443).await;
-    let (s, hdrs, _) = get(
-        &mut c,
-        "/a",
-        &[
-            ("host", "api.test"),
-            ("authorization", "Bearer mock-API_KEY"),
-        ],
-    )
-    .await;
+    let (s, hdrs, _) = get(&mut c, "/a", &[("host", "api.test"), PLACEHOLDER_AUTH]).await;
     assert_eq!(s, 200);
     assert!(!format!("{hdrs:?}").contains(CANARY));
     let mut c = intercepted_client(&h, "other.test", 443).await;
-    let (s, _, _) = get(
-        &mut c,
-        "/b",
-        &[
-            ("host", "other.test"),
-            ("authorization", "Bearer mock-API_KEY"),
-        ],
-    )
-    .await;
+    let (s, _, _) = get(&mut c, "/b", &[("host", "other.test"), PLACEHOLDER_AUTH]).await;
     assert_eq!(s, 403);
     // Query and body substitution (and a blocked body toward the wrong host).
     for host in ["api.test", "other.test"] {

@@ -21,12 +21,7 @@ async fn h2_guest_and_h2_upstream_substitute_and_scrub_per_stream() {
     for i in 0..4 {
         let mut c = c.clone();
         tasks.push(tokio::spawn(async move {
-            let r = req(
-                "GET",
-                &format!("https://api.test/s{i}"),
-                &[("authorization", "Bearer mock-API_KEY")],
-                b"",
-            );
+            let r = get_with_placeholder(&format!("https://api.test/s{i}"));
             h2_send(&mut c, r).await
         }));
     }
@@ -43,10 +38,7 @@ async fn h2_guest_and_h2_upstream_substitute_and_scrub_per_stream() {
     for g in &got {
         assert_eq!(g.version, "HTTP/2.0");
         assert_eq!(g.authority.as_deref(), Some("api.test"));
-        assert_eq!(
-            g.header("authorization"),
-            Some(format!("Bearer {SECRET}").as_str())
-        );
+        assert_real_auth(g);
     }
     // The connection is still usable afterwards.
     let a = h2_send(&mut c, req("GET", "https://api.test/again", &[], b"")).await;
@@ -58,47 +50,25 @@ async fn h2_guest_with_http1_upstream_and_http1_guest_with_h2_upstream() {
     // Guest h2, upstream only HTTP/1.1.
     let w = world(H1_ONLY, CRED_HEADERS, "").await;
     let mut c = h2_client(&w.h, "api.test", 443).await;
-    let a = h2_send(
-        &mut c,
-        req(
-            "GET",
-            "https://api.test/x",
-            &[("authorization", "Bearer mock-API_KEY")],
-            b"",
-        ),
-    )
-    .await;
+    let a = h2_send(&mut c, get_with_placeholder("https://api.test/x")).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.headers["x-upstream-version"], "HTTP/1.1");
     let g = &w.echo.requests()[0];
     assert_eq!(g.header("host"), Some("api.test"));
-    assert_eq!(
-        g.header("authorization"),
-        Some(format!("Bearer {SECRET}").as_str())
-    );
+    assert_real_auth(g);
 
     // Guest HTTP/1.1, upstream only h2.
     let w = world(H2_ONLY, CRED_HEADERS, "").await;
     let mut c = intercepted_client(&w.h, "api.test", 443).await;
-    let (status, headers, body) = get(
-        &mut c,
-        "/y",
-        &[
-            ("host", "api.test"),
-            ("authorization", "Bearer mock-API_KEY"),
-        ],
-    )
-    .await;
+    let (status, headers, body) =
+        get(&mut c, "/y", &[("host", "api.test"), PLACEHOLDER_AUTH]).await;
     assert_eq!(status, 200);
     assert_eq!(headers["x-upstream-version"], "HTTP/2.0");
     assert!(!body.contains(SECRET));
     let g = &w.echo.requests()[0];
     assert_eq!(g.version, "HTTP/2.0");
     assert_eq!(g.authority.as_deref(), Some("api.test"));
-    assert_eq!(
-        g.header("authorization"),
-        Some(format!("Bearer {SECRET}").as_str())
-    );
+    assert_real_auth(g);
 }
 
 #[tokio::test]
@@ -107,16 +77,7 @@ async fn h2_authority_switch_on_a_coalesced_connection_is_421() {
     let mut c = h2_client(&w.h, "api.test", 443).await;
     // other.test is allowed by egress and served by the same upstream (and its certificate
     // covers both names), which is exactly when a client coalesces connections.
-    let a = h2_send(
-        &mut c,
-        req(
-            "GET",
-            "https://other.test/steal",
-            &[("authorization", "Bearer mock-API_KEY")],
-            b"",
-        ),
-    )
-    .await;
+    let a = h2_send(&mut c, get_with_placeholder("https://other.test/steal")).await;
     assert_eq!(a.status, 421, "{}", a.text());
     assert!(
         a.reason().contains("does not match the CONNECT host"),
@@ -128,16 +89,7 @@ async fn h2_authority_switch_on_a_coalesced_connection_is_421() {
         "a misdirected request reached the upstream"
     );
     // The next stream on the same connection, for the right authority, is served.
-    let a = h2_send(
-        &mut c,
-        req(
-            "GET",
-            "https://api.test/ok",
-            &[("authorization", "Bearer mock-API_KEY")],
-            b"",
-        ),
-    )
-    .await;
+    let a = h2_send(&mut c, get_with_placeholder("https://api.test/ok")).await;
     assert_eq!(a.status, 200);
     assert_eq!(w.echo.requests().len(), 1);
 }
@@ -194,9 +146,7 @@ async fn body_substitution_recomputes_length_for_content_length_chunked_and_h2()
     assert_eq!(a.status, 200);
     assert!(!a.text().contains(SECRET));
     // HTTP/1.1 chunked, the placeholder split across two chunks written separately.
-    let (tls, _) = tunnel_tls(&w.h, "api.test:443", "api.test", &[b"http/1.1"])
-        .await
-        .unwrap();
+    let tls = raw_h1_tls(&w.h, "api.test").await;
     let raw = raw_chunked_post(tls, "api.test", &[b"{\"key\":\"mock-AP", b"I_KEY\"}"]).await;
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     // HTTP/2 DATA frames.
@@ -223,26 +173,13 @@ async fn body_substitution_recomputes_length_for_content_length_chunked_and_h2()
 
 /// Writes a chunked POST by hand (chunks flushed separately) and returns the response text.
 async fn raw_chunked_post(mut tls: ClientTls, host: &str, chunks: &[&[u8]]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let head = format!(
         "POST /chunked HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     );
     tls.write_all(head.as_bytes()).await.unwrap();
-    for c in chunks {
-        tls.write_all(format!("{:x}\r\n", c.len()).as_bytes())
-            .await
-            .unwrap();
-        tls.write_all(c).await.unwrap();
-        tls.write_all(b"\r\n").await.unwrap();
-        tls.flush().await.unwrap();
-    }
-    tls.write_all(b"0\r\n\r\n").await.unwrap();
-    tls.flush().await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut out))
-        .await
-        .unwrap();
-    String::from_utf8_lossy(&out).into_owned()
+    write_chunked_body(&mut tls, chunks).await;
+    read_until_close(&mut tls).await
 }
 
 #[tokio::test]
@@ -270,10 +207,7 @@ async fn gzip_response_body_is_decoded_and_scrubbed_br_is_not_accepted() {
         req(
             "GET",
             "https://api.test/gzip",
-            &[
-                ("authorization", "Bearer mock-API_KEY"),
-                ("accept-encoding", "br, gzip"),
-            ],
+            &[PLACEHOLDER_AUTH, ("accept-encoding", "br, gzip")],
             b"",
         ),
     )
@@ -286,16 +220,7 @@ async fn gzip_response_body_is_decoded_and_scrubbed_br_is_not_accepted() {
     // br was removed from what the upstream was offered.
     assert_eq!(w.echo.requests()[0].header("accept-encoding"), Some("gzip"));
     // An upstream that sends br anyway gets a 502, never an unscrubbed body.
-    let a = h2_send(
-        &mut c,
-        req(
-            "GET",
-            "https://api.test/br",
-            &[("authorization", "Bearer mock-API_KEY")],
-            b"",
-        ),
-    )
-    .await;
+    let a = h2_send(&mut c, get_with_placeholder("https://api.test/br")).await;
     assert_eq!(a.status, 502);
     assert!(!a.text().contains(SECRET));
 }
@@ -304,24 +229,12 @@ async fn gzip_response_body_is_decoded_and_scrubbed_br_is_not_accepted() {
 async fn real_value_in_a_response_trailer_is_scrubbed() {
     let w = world(BOTH, CRED_HEADERS, "").await;
     let mut c = h2_client(&w.h, "api.test", 443).await;
-    let a = h2_send(
-        &mut c,
-        req(
-            "GET",
-            "https://api.test/trailer",
-            &[("authorization", "Bearer mock-API_KEY")],
-            b"",
-        ),
-    )
-    .await;
+    let a = h2_send(&mut c, get_with_placeholder("https://api.test/trailer")).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.text(), "body-before-trailers");
     let t = a.trailers.expect("trailers forwarded");
     assert_eq!(t["x-echo-trailer"], "Bearer mock-API_KEY");
-    assert_eq!(
-        w.echo.requests()[0].header("authorization"),
-        Some(format!("Bearer {SECRET}").as_str())
-    );
+    assert_real_auth(&w.echo.requests()[0]);
 }
 
 #[tokio::test]
@@ -332,24 +245,16 @@ async fn sse_first_event_arrives_before_the_response_ends() {
         let resp = if h2 {
             let mut c = h2_client(&w.h, "api.test", 443).await;
             c.ready().await.unwrap();
-            c.send_request(req(
-                "GET",
-                "https://api.test/sse",
-                &[("authorization", "Bearer mock-API_KEY")],
-                b"",
-            ))
-            .await
-            .unwrap()
+            c.send_request(get_with_placeholder("https://api.test/sse"))
+                .await
+                .unwrap()
         } else {
             let mut c = intercepted_client(&w.h, "api.test", 443).await;
             c.ready().await.unwrap();
             c.send_request(req(
                 "GET",
                 "/sse",
-                &[
-                    ("host", "api.test"),
-                    ("authorization", "Bearer mock-API_KEY"),
-                ],
+                &[("host", "api.test"), PLACEHOLDER_AUTH],
                 b"",
             ))
             .await
@@ -388,32 +293,14 @@ async fn sse_first_event_arrives_before_the_response_ends() {
 async fn redirects_are_passed_to_the_guest_never_followed() {
     let w = world(BOTH, CRED_HEADERS, "").await;
     let mut c = h2_client(&w.h, "api.test", 443).await;
-    let a = h2_send(
-        &mut c,
-        req(
-            "GET",
-            "https://api.test/redirect",
-            &[("authorization", "Bearer mock-API_KEY")],
-            b"",
-        ),
-    )
-    .await;
+    let a = h2_send(&mut c, get_with_placeholder("https://api.test/redirect")).await;
     assert_eq!(a.status, 302);
     assert_eq!(a.headers["location"], "https://other.test/landing");
     assert_eq!(w.echo.requests().len(), 1, "the broker followed a redirect");
     // Following it is a new request that passes the gates on its own: toward other.test the
     // placeholder is refused.
     let mut c = h2_client(&w.h, "other.test", 443).await;
-    let a = h2_send(
-        &mut c,
-        req(
-            "GET",
-            "https://other.test/landing",
-            &[("authorization", "Bearer mock-API_KEY")],
-            b"",
-        ),
-    )
-    .await;
+    let a = h2_send(&mut c, get_with_placeholder("https://other.test/landing")).await;
     assert_eq!(a.status, 403);
     assert_eq!(w.echo.requests().len(), 1);
 }
@@ -456,19 +343,14 @@ async fn curl_http2_through_the_broker() {
     let g = &w.echo.requests()[0];
     assert_eq!(g.version, "HTTP/2.0");
     assert_eq!(g.target, format!("/curl?key={SECRET}"));
-    assert_eq!(
-        g.header("authorization"),
-        Some(format!("Bearer {SECRET}").as_str())
-    );
+    assert_real_auth(g);
 }
 
 /// Sends a WebSocket upgrade for `host` with `auth` on a raw intercepted HTTP/1.1 stream;
 /// returns the response head and the stream.
 async fn ws_handshake(w: &World, host: &str, auth: &str) -> (String, ClientTls) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut tls, _) = tunnel_tls(&w.h, &format!("{host}:443"), host, &[b"http/1.1"])
-        .await
-        .unwrap();
+    let mut tls = raw_h1_tls(&w.h, host).await;
     let head = format!(
         "GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
@@ -508,10 +390,7 @@ async fn websocket_upgrade_is_gated_substituted_then_relayed() {
         g.version, "HTTP/1.1",
         "upgrade must use an HTTP/1.1 upstream connection"
     );
-    assert_eq!(
-        g.header("authorization"),
-        Some(format!("Bearer {SECRET}").as_str())
-    );
+    assert_real_auth(g);
     for msg in [&b"ping-1"[..], b"second message"] {
         tls.write_all(msg).await.unwrap();
         let mut back = vec![0u8; msg.len()];
@@ -576,10 +455,7 @@ async fn websocket_over_h2_extended_connect_is_gated_and_relayed() {
     let mut r = req(
         "CONNECT",
         "https://api.test/ws",
-        &[
-            ("authorization", "Bearer mock-API_KEY"),
-            ("sec-websocket-version", "13"),
-        ],
+        &[PLACEHOLDER_AUTH, ("sec-websocket-version", "13")],
         b"",
     );
     *r.version_mut() = http::Version::HTTP_2;
@@ -611,8 +487,5 @@ async fn websocket_over_h2_extended_connect_is_gated_and_relayed() {
     assert_eq!((g.method.as_str(), g.version.as_str()), ("GET", "HTTP/1.1"));
     assert_eq!(g.header("upgrade"), Some("websocket"));
     assert!(g.header("sec-websocket-key").is_some());
-    assert_eq!(
-        g.header("authorization"),
-        Some(format!("Bearer {SECRET}").as_str())
-    );
+    assert_real_auth(&g);
 }

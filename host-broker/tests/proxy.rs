@@ -72,10 +72,7 @@ async fn placeholder_becomes_real_value_at_allowed_host_and_response_is_scrubbed
         let (status, headers, body) = get(
             &mut c,
             &format!("/v1/models?token=abc&i={i}"),
-            &[
-                ("host", "api.test"),
-                ("authorization", "Bearer mock-API_KEY"),
-            ],
+            &[("host", "api.test"), PLACEHOLDER_AUTH],
         )
         .await;
         assert_eq!(status, 200, "{headers:?} {body}");
@@ -90,10 +87,7 @@ async fn placeholder_becomes_real_value_at_allowed_host_and_response_is_scrubbed
     let (status, _, body) = get(
         &mut c,
         "/echo-body",
-        &[
-            ("host", "api.test"),
-            ("authorization", "Bearer mock-API_KEY"),
-        ],
+        &[("host", "api.test"), PLACEHOLDER_AUTH],
     )
     .await;
     assert_eq!((status, body.as_str()), (200, "Bearer mock-API_KEY"));
@@ -134,10 +128,7 @@ async fn placeholder_blocked_at_host_not_in_credential_hosts() {
     let (status, headers, body) = get(
         &mut c,
         "/steal",
-        &[
-            ("host", "other.test"),
-            ("authorization", "Bearer mock-API_KEY"),
-        ],
+        &[("host", "other.test"), PLACEHOLDER_AUTH],
     )
     .await;
     assert_eq!(status, 403);
@@ -161,15 +152,7 @@ async fn placeholder_blocked_at_host_not_in_credential_hosts() {
 async fn host_header_different_from_connect_host_refused() {
     let w = world(true).await;
     let mut c = intercepted_client(&w.h, "api.test", 443).await;
-    let (status, headers, _) = get(
-        &mut c,
-        "/x",
-        &[
-            ("host", "other.test"),
-            ("authorization", "Bearer mock-API_KEY"),
-        ],
-    )
-    .await;
+    let (status, headers, _) = get(&mut c, "/x", &[("host", "other.test"), PLACEHOLDER_AUTH]).await;
     assert_eq!(status, 403);
     assert!(headers
         .get("x-sluice-reason")
@@ -217,10 +200,7 @@ async fn plaintext_http_never_carries_the_real_value() {
     let (status, headers, _) = get(
         &mut c,
         "http://plain.test/p?x=1",
-        &[
-            ("host", "plain.test"),
-            ("authorization", "Bearer mock-API_KEY"),
-        ],
+        &[("host", "plain.test"), PLACEHOLDER_AUTH],
     )
     .await;
     assert_eq!(status, 403);
@@ -271,12 +251,7 @@ async fn ip_literal_target_gets_an_ip_san_leaf_and_no_credentials() {
     let mut c = http1(tls).await;
     let (status, _, _) = get(&mut c, "/ip", &[("host", ip)]).await;
     assert_eq!(status, 200);
-    let (status, _, _) = get(
-        &mut c,
-        "/ip2",
-        &[("host", ip), ("authorization", "Bearer mock-API_KEY")],
-    )
-    .await;
+    let (status, _, _) = get(&mut c, "/ip2", &[("host", ip), PLACEHOLDER_AUTH]).await;
     assert_eq!(
         status, 403,
         "a CONNECT to an IP literal never gets a credential"

@@ -26,6 +26,9 @@ use tokio::net::{TcpListener, TcpStream, UnixStream};
 /// Bound on every wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The guest's Authorization header: the placeholder of `API_KEY` as a bearer token.
+pub const PLACEHOLDER_AUTH: (&str, &str) = ("authorization", "Bearer mock-API_KEY");
+
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

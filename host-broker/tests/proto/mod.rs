@@ -371,6 +371,54 @@ pub async fn h1_send(
     collect(resp).await
 }
 
+/// `GET uri` carrying the placeholder in Authorization ([`PLACEHOLDER_AUTH`]), no body.
+pub fn get_with_placeholder(uri: &str) -> Request<Full<Bytes>> {
+    req("GET", uri, &[PLACEHOLDER_AUTH], b"")
+}
+
+/// Asserts that the upstream got the real value (substituted) in Authorization.
+#[track_caller]
+pub fn assert_real_auth(g: &Got) {
+    assert_eq!(
+        g.header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
+}
+
+/// CONNECT `host:443` and intercepted TLS offering HTTP/1.1 only: a raw stream for tests
+/// that write the request bytes themselves.
+pub async fn raw_h1_tls(h: &Harness, host: &str) -> ClientTls {
+    let (tls, _) = tunnel_tls(h, &format!("{host}:443"), host, &[b"http/1.1"])
+        .await
+        .unwrap();
+    tls
+}
+
+/// Writes `chunks` as a chunked body, each chunk flushed on its own, then the last chunk.
+pub async fn write_chunked_body(tls: &mut ClientTls, chunks: &[&[u8]]) {
+    use tokio::io::AsyncWriteExt;
+    for c in chunks {
+        tls.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+            .await
+            .unwrap();
+        tls.write_all(c).await.unwrap();
+        tls.write_all(b"\r\n").await.unwrap();
+        tls.flush().await.unwrap();
+    }
+    tls.write_all(b"0\r\n\r\n").await.unwrap();
+    tls.flush().await.unwrap();
+}
+
+/// Everything the broker sends until it closes the stream (bounded by [`WAIT`]), as text.
+pub async fn read_until_close(tls: &mut ClientTls) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut out))
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 pub fn req(method: &str, uri: &str, headers: &[(&str, &str)], body: &[u8]) -> Request<Full<Bytes>> {
     let mut b = Request::builder().method(method).uri(uri);
     for (n, v) in headers {
