@@ -1,16 +1,15 @@
 //! The `host-broker` binary: `policy check` and `serve` (config file, control stream,
 //! clean exit on SIGTERM).
 
+mod common;
+
 use std::process::Stdio;
 
-use shared_proto::{
-    read_message, write_message, write_stream_header, AgentHello, AgentMessage, BootMode,
-    BrokerMessage, StreamHeader, StreamKind, PROTOCOL_VERSION,
-};
+use common::{agent_hello, open_control, WAIT};
+use shared_proto::{BootMode, BrokerMessage};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_host-broker");
-const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[test]
 fn policy_check_prints_names_never_values() {
@@ -86,28 +85,8 @@ async fn serve_answers_the_control_stream_and_stops_on_sigterm() {
     let mut s = tokio::net::UnixStream::connect(dir.path().join("vm1.vsock_7070"))
         .await
         .unwrap();
-    write_stream_header(
-        &mut s,
-        &StreamHeader {
-            kind: StreamKind::Control,
-        },
-    )
-    .await
-    .unwrap();
-    write_message(
-        &mut s,
-        &AgentMessage::Hello(AgentHello {
-            protocol_version: PROTOCOL_VERSION,
-            agent_version: "cli-test".into(),
-            boot_mode: BootMode::Exec,
-        }),
-    )
-    .await
-    .unwrap();
-    let msg: BrokerMessage = tokio::time::timeout(WAIT, read_message(&mut s))
-        .await
-        .unwrap()
-        .unwrap();
+    open_control(&mut s).await;
+    let msg = agent_hello(&mut s, "cli-test", BootMode::Exec).await;
     let BrokerMessage::Config(cfg) = msg else {
         panic!("{msg:?}")
     };

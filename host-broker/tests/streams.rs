@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use host_broker::BrokerEvent;
 use shared_proto::{
-    read_message, write_message, write_stream_header, AgentHello, AgentMessage, BootMode,
-    BrokerMessage, StreamHeader, StreamKind, WorkloadExit, PREFACE, PROTOCOL_VERSION,
+    read_message, write_message, AgentMessage, BootMode, BrokerMessage, StreamHeader, StreamKind,
+    WorkloadExit, PREFACE,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -29,32 +29,12 @@ async fn harness() -> Harness {
 
 async fn control(h: &Harness) -> UnixStream {
     let mut s = UnixStream::connect(&h.listen).await.unwrap();
-    write_stream_header(
-        &mut s,
-        &StreamHeader {
-            kind: StreamKind::Control,
-        },
-    )
-    .await
-    .unwrap();
+    open_control(&mut s).await;
     s
 }
 
 async fn hello(s: &mut UnixStream) -> BrokerMessage {
-    write_message(
-        s,
-        &AgentMessage::Hello(AgentHello {
-            protocol_version: PROTOCOL_VERSION,
-            agent_version: "test-0".into(),
-            boot_mode: BootMode::Exec,
-        }),
-    )
-    .await
-    .unwrap();
-    tokio::time::timeout(WAIT, read_message(s))
-        .await
-        .unwrap()
-        .unwrap()
+    agent_hello(s, "test-0", BootMode::Exec).await
 }
 
 #[tokio::test]

@@ -7,10 +7,7 @@ mod common;
 use common::*;
 use host_broker::policy::Policy;
 use host_broker::{Broker, BrokerConfig, VmSpec, VmTransport};
-use shared_proto::{
-    read_message, write_message, write_stream_header, AgentHello, AgentMessage, BootMode,
-    BrokerMessage, StreamHeader, StreamKind, PROTOCOL_VERSION,
-};
+use shared_proto::{BootMode, BrokerMessage};
 use tokio_vsock::{VsockAddr, VsockStream, VMADDR_CID_LOCAL};
 
 #[tokio::test]
@@ -44,28 +41,8 @@ async fn control_stream_over_af_vsock_loopback() {
             return;
         }
     };
-    write_stream_header(
-        &mut s,
-        &StreamHeader {
-            kind: StreamKind::Control,
-        },
-    )
-    .await
-    .unwrap();
-    write_message(
-        &mut s,
-        &AgentMessage::Hello(AgentHello {
-            protocol_version: PROTOCOL_VERSION,
-            agent_version: "t".into(),
-            boot_mode: BootMode::ProxyOnly,
-        }),
-    )
-    .await
-    .unwrap();
-    let msg: BrokerMessage = tokio::time::timeout(WAIT, read_message(&mut s))
-        .await
-        .unwrap()
-        .unwrap();
+    open_control(&mut s).await;
+    let msg = agent_hello(&mut s, "t", BootMode::ProxyOnly).await;
     let BrokerMessage::Config(cfg) = msg else {
         panic!("expected Config, got {msg:?}")
     };

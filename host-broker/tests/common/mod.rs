@@ -19,8 +19,11 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use shared_proto::{write_stream_header, StreamHeader, StreamKind, TunnelStream};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use shared_proto::{
+    read_message, write_message, write_stream_header, AgentHello, AgentMessage, BootMode,
+    BrokerMessage, StreamHeader, StreamKind, TunnelStream, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 /// Bound on every wait in these tests.
@@ -281,6 +284,40 @@ pub async fn spawn_bridge(listen: PathBuf) -> SocketAddr {
         }
     });
     addr
+}
+
+/// Starts a control conversation on `s` as the guest agent does: the Control stream header.
+pub async fn open_control<S: AsyncWrite + Unpin>(s: &mut S) {
+    write_stream_header(
+        s,
+        &StreamHeader {
+            kind: StreamKind::Control,
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Sends the agent's Hello on a control stream and waits (bounded) for the broker's answer.
+pub async fn agent_hello<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    agent_version: &str,
+    boot_mode: BootMode,
+) -> BrokerMessage {
+    write_message(
+        s,
+        &AgentMessage::Hello(AgentHello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: agent_version.into(),
+            boot_mode,
+        }),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(WAIT, read_message(s))
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 /// Sends `CONNECT target` and reads the response head; returns (status, head, stream).
