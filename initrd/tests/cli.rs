@@ -62,64 +62,42 @@ fn bad_inputs_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let p = |n: &str| tmp.path().join(n).to_string_lossy().into_owned();
     std::fs::write(p("agent"), b"agent").unwrap();
-    for (args, want) in [
+    // Each case: the agent file, the arguments after `--out`, what the error must name.
+    let agent = p("agent");
+    let cases: [(String, Vec<String>, &str); 5] = [
+        (p("missing"), vec![], "missing"),
         (
-            vec!["build", "--agent", &p("missing"), "--out", &p("x")],
-            "missing".to_string(),
+            agent.clone(),
+            vec!["--file".into(), "a:b:c:d".into()],
+            "SRC:DEST[:MODE]",
         ),
         (
+            agent.clone(),
+            vec!["--file".into(), format!("{agent}:/a:9z")],
+            "not octal",
+        ),
+        (
+            agent.clone(),
+            vec!["--file".into(), format!("{agent}:rel/path")],
+            "rel/path",
+        ),
+        (
+            agent.clone(),
             vec![
-                "build",
-                "--agent",
-                &p("agent"),
-                "--out",
-                &p("x"),
-                "--file",
-                "a:b:c:d",
+                "--modules-dir".into(),
+                p("nomods"),
+                "--module".into(),
+                "vsock".into(),
             ],
-            "SRC:DEST[:MODE]".into(),
+            "nomods",
         ),
-        (
-            vec![
-                "build",
-                "--agent",
-                &p("agent"),
-                "--out",
-                &p("x"),
-                "--file",
-                &format!("{}:/a:9z", p("agent")),
-            ],
-            "not octal".into(),
-        ),
-        (
-            vec![
-                "build",
-                "--agent",
-                &p("agent"),
-                "--out",
-                &p("x"),
-                "--file",
-                &format!("{}:rel/path", p("agent")),
-            ],
-            "rel/path".into(),
-        ),
-        (
-            vec![
-                "build",
-                "--agent",
-                &p("agent"),
-                "--out",
-                &p("x"),
-                "--modules-dir",
-                &p("nomods"),
-                "--module",
-                "vsock",
-            ],
-            "nomods".into(),
-        ),
-    ] {
+    ];
+    let out = p("x");
+    for (agent, more, want) in &cases {
+        let mut args = vec!["build", "--agent", agent, "--out", &out];
+        args.extend(more.iter().map(String::as_str));
         let (ok, err) = run(&args);
         assert!(!ok, "{args:?}");
-        assert!(err.contains(&want), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
     }
 }
