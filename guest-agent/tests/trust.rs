@@ -253,41 +253,42 @@ fn check_layout(name: &str, layout: &Layout) {
     let cert_dir = root.join(&layout.cert_dir[1..]);
     assert!(cert_dir.join(format!("{hash}.0")).exists(), "{name}");
 
+    // (verified, openssl's output): stdout says what failed, stderr why.
     let verify = |args: &[&str]| {
-        Command::new("openssl")
+        let out = Command::new("openssl")
             .arg("verify")
             .args(args)
             .arg(&leaf)
             .output()
-            .unwrap()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     };
     // The leaf verifies against the merged bundle and through the hashed directory alone.
     let merged_path = root.join("etc/sluice/ca-bundle.pem");
-    let out = verify(&["-CAfile", merged_path.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{name}: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let out = verify(&[
+    let (ok, out) = verify(&["-CAfile", merged_path.to_str().unwrap()]);
+    assert!(ok, "{name}: {out}");
+    let (ok, out) = verify(&[
         "-no-CAfile",
         "-no-CAstore",
         "-CApath",
         cert_dir.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(ok, "{name}: {out}");
     // Control: without the install, the same leaf does not verify against the distro roots.
-    let out = verify(&[
+    let (ok, _) = verify(&[
         "-no-CApath",
         "-no-CAstore",
         "-CAfile",
         distro_pem_path.to_str().unwrap(),
     ]);
-    assert!(!out.status.success(), "{name}: control should fail");
+    assert!(!ok, "{name}: control should fail");
 }
 
 #[test]
