@@ -9,7 +9,6 @@ use std::sync::Arc;
 use common::*;
 use proto::*;
 use rcgen::{CertificateParams, KeyPair, SanType};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BOTH: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -253,16 +252,7 @@ fn bad_server(
         let (ca_cert, ca_key) = test_ca();
         params.signed_by(&key, &ca_cert, &ca_key).unwrap()
     };
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let cfg = server_config(&cert, &key);
     let (ca_cert, _) = test_ca();
     let ca_path = dir.join(format!("{kind}-trusted.pem"));
     std::fs::write(&ca_path, ca_cert.pem()).unwrap();

@@ -65,6 +65,18 @@ pub fn make_pki(dir: &Path, label: &str, names: &[&str]) -> TestPki {
         .collect();
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let server = server_config(&cert, &key);
+    let ca_path = dir.join(format!("{label}-ca.pem"));
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    TestPki {
+        ca_pem: ca.pem(),
+        ca_path,
+        server: Arc::new(server),
+    }
+}
+
+/// A TLS server config presenting `cert` (key `key`), offering HTTP/1.1 by ALPN.
+pub fn server_config(cert: &rcgen::Certificate, key: &KeyPair) -> rustls::ServerConfig {
     let mut server = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -75,13 +87,27 @@ pub fn make_pki(dir: &Path, label: &str, names: &[&str]) -> TestPki {
         )
         .unwrap();
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let ca_path = dir.join(format!("{label}-ca.pem"));
-    std::fs::write(&ca_path, ca.pem()).unwrap();
-    TestPki {
-        ca_pem: ca.pem(),
-        ca_path,
-        server: Arc::new(server),
-    }
+    server
+}
+
+/// The value of header `name` (any case) in `headers`, the first if repeated.
+pub fn header_in<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Every header of `map` as (name, value) text, in order.
+pub fn header_pairs(map: &http::HeaderMap) -> Vec<(String, String)> {
+    map.iter()
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// One request as the upstream received it.
@@ -94,10 +120,7 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_in(&self.headers, name)
     }
 }
 
@@ -168,16 +191,7 @@ async fn answer(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Ful
             .path_and_query()
             .map(|p| p.to_string())
             .unwrap_or_default(),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: header_pairs(req.headers()),
     });
     let echo = req.headers().get("authorization").cloned();
     let _ = req.into_body().collect().await;

@@ -34,10 +34,7 @@ pub struct Got {
 
 impl Got {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_in(&self.headers, name)
     }
 }
 
@@ -130,16 +127,7 @@ async fn answer(
             .map(|p| p.to_string())
             .unwrap_or_default(),
         authority: parts.uri.authority().map(|a| a.to_string()),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: header_pairs(&parts.headers),
         body: body.to_vec(),
     };
     got.lock().unwrap().push(g);
