@@ -59,7 +59,7 @@ async fn serve_answers_the_control_stream_and_stops_on_sigterm() {
     .unwrap();
     std::fs::write(
         dir.path().join("broker.toml"),
-        "state_dir = \"state\"\n[[vms]]\nid = \"vm1\"\nhybrid_socket = \"vm1.vsock\"\npolicy_file = \"vm1.toml\"\n",
+        "state_dir = \"state\"\ncontrol_socket = \"control.sock\"\n[[vms]]\nid = \"vm1\"\nhybrid_socket = \"vm1.vsock\"\npolicy_file = \"vm1.toml\"\n",
     )
     .unwrap();
     let mut child = tokio::process::Command::new(BIN)
