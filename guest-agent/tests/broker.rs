@@ -1,23 +1,20 @@
 //! The control conversation against stub brokers on Unix sockets: config, refusal,
 //! absence (bounded retry), and the exit-status report.
 
+mod stub_broker;
+
 use std::time::{Duration, Instant};
 
 use guest_agent::broker::{self, BrokerError};
 use guest_agent::endpoint::Endpoint;
 use guest_agent::init::{status, Fatal};
-use shared_proto::{AgentMessage, BootMode, BrokerMessage, GuestConfig, StreamKind, WorkloadExit};
+use shared_proto::{AgentMessage, BootMode, BrokerMessage, GuestConfig, WorkloadExit};
 use tokio::net::UnixListener;
 
 /// Serves one control stream: answers the hello with `reply`, then acks one message and
 /// returns it.
 async fn one_shot(listener: UnixListener, reply: BrokerMessage) -> Option<AgentMessage> {
-    let (mut s, _) = listener.accept().await.unwrap();
-    let h = shared_proto::read_stream_header(&mut s).await.unwrap();
-    assert_eq!(h.kind, StreamKind::Control);
-    let hello: AgentMessage = shared_proto::read_message(&mut s).await.unwrap();
-    assert!(matches!(hello, AgentMessage::Hello(h) if h.boot_mode == BootMode::Exec));
-    shared_proto::write_message(&mut s, &reply).await.unwrap();
+    let mut s = stub_broker::answer_hello(listener, reply).await;
     let next: AgentMessage = shared_proto::read_message(&mut s).await.ok()?;
     shared_proto::write_message(&mut s, &BrokerMessage::Ack)
         .await

@@ -3,21 +3,18 @@
 //! Alone in its own test binary: it observes the agent's "waiting" log through a *global*
 //! tracing subscriber, which a thread-local one next to other tests did not do reliably.
 
+mod stub_broker;
+
 use std::time::{Duration, Instant};
 
 use guest_agent::broker;
 use guest_agent::endpoint::Endpoint;
-use shared_proto::{AgentMessage, BootMode, BrokerMessage, GuestConfig, StreamKind};
+use shared_proto::{BootMode, BrokerMessage, GuestConfig};
 use tokio::net::UnixListener;
 
 /// Serves one control stream: answers the hello with `reply`.
 async fn one_shot(listener: UnixListener, reply: BrokerMessage) {
-    let (mut s, _) = listener.accept().await.unwrap();
-    let h = shared_proto::read_stream_header(&mut s).await.unwrap();
-    assert_eq!(h.kind, StreamKind::Control);
-    let hello: AgentMessage = shared_proto::read_message(&mut s).await.unwrap();
-    assert!(matches!(hello, AgentMessage::Hello(h) if h.boot_mode == BootMode::Exec));
-    shared_proto::write_message(&mut s, &reply).await.unwrap();
+    stub_broker::answer_hello(listener, reply).await;
 }
 
 #[tokio::test]
