@@ -1,8 +1,11 @@
 //! Builds initrds from fake kernel module trees and reads them back.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
+use common::module_order;
 use initrd::{cpio::S_IFREG, read_initrd, InitrdBuilder, InitrdError};
 use object::write::Object;
 use object::{Architecture, BinaryFormat, Endianness, SectionKind};
@@ -87,25 +90,6 @@ fn agent(dir: &Path) -> std::path::PathBuf {
     p
 }
 
-fn order_of(image: &[u8]) -> Vec<String> {
-    let entries = read_initrd(image).unwrap();
-    let order = entries
-        .iter()
-        .find(|e| e.name == "lib/modules/sluice.order")
-        .expect("order file");
-    String::from_utf8(order.data.clone())
-        .unwrap()
-        .lines()
-        .map(|l| {
-            l.rsplit('/')
-                .next()
-                .unwrap()
-                .trim_end_matches(".ko")
-                .to_string()
-        })
-        .collect()
-}
-
 fn pos(order: &[String], name: &str) -> usize {
     order
         .iter()
@@ -130,7 +114,7 @@ fn modules_are_ordered_after_their_dependencies() {
         )
         .build()
         .unwrap();
-    let order = order_of(&image);
+    let order = module_order(&image);
     // Each module appears once, after everything it depends on.
     let deps: &[(&str, &[&str])] = &[
         ("virtio", &["virtio_ring"]),
@@ -189,7 +173,7 @@ fn missing_module_is_named() {
         .optional_kernel_modules(&mods, &["no_such_mod", "virtio"])
         .build()
         .unwrap();
-    assert_eq!(order_of(&image), ["virtio_ring", "virtio"]);
+    assert_eq!(module_order(&image), ["virtio_ring", "virtio"]);
 }
 
 #[test]

@@ -1,8 +1,11 @@
 //! Module resolution against a real extracted Debian cloud kernel, when one is present
 //! (`SLUICE_MODULES_DIR`, or the e2e cache at /var/cache/sluice/modules). Skips otherwise.
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::module_order;
 use initrd::{read_initrd, InitrdBuilder};
 
 fn modules_dir() -> Option<PathBuf> {
@@ -34,21 +37,7 @@ fn resolves_vsock_virtio_and_ext4() {
         .build()
         .unwrap();
     let entries = read_initrd(&image).unwrap();
-    let order = entries
-        .iter()
-        .find(|e| e.name == "lib/modules/sluice.order")
-        .unwrap();
-    let order: Vec<String> = String::from_utf8(order.data.clone())
-        .unwrap()
-        .lines()
-        .map(|l| {
-            l.rsplit('/')
-                .next()
-                .unwrap()
-                .trim_end_matches(".ko")
-                .to_string()
-        })
-        .collect();
+    let order = module_order(&image);
     eprintln!("load order: {order:?}");
     let pos = |n: &str| order.iter().position(|m| m == n);
     // The chain vm-facts.md found working, as far as this kernel has them as modules.
