@@ -148,13 +148,7 @@ async fn wildcard_credential_hosts_edge_cases_end_to_end() {
             "resolve": {{{}}}}}"#,
         resolve.join(", ")
     );
-    let h = harness_in(
-        dir,
-        &policy,
-        &[("API_KEY", SECRET)],
-        vec![pki.ca_path.clone()],
-    )
-    .await;
+    let h = harness_with_key(dir, &policy, SECRET, &pki).await;
     for (host, substituted) in [
         ("a.example.test", true),
         ("example.test", false),

@@ -39,13 +39,7 @@ async fn curl_through_the_broker() {
         a = up.addr,
         p = plain.addr
     );
-    let h = harness_in(
-        dir,
-        &policy,
-        &[("API_KEY", SECRET)],
-        vec![pki.ca_path.clone()],
-    )
-    .await;
+    let h = harness_with_key(dir, &policy, SECRET, &pki).await;
     let proxy = format!("http://{}", h.proxy);
     let cacert = h.vm_ca_path.to_str().unwrap().to_owned();
     let auth = "Authorization: Bearer mock-API_KEY";

@@ -46,13 +46,7 @@ async fn canary_secret_never_logged() {
     }}"#,
         a = up.addr
     );
-    let h = harness_in(
-        dir,
-        &policy,
-        &[("API_KEY", CANARY)],
-        vec![pki.ca_path.clone()],
-    )
-    .await;
+    let h = harness_with_key(dir, &policy, CANARY, &pki).await;
 
     // Substituted, echoed back (scrubbed), blocked elsewhere, and over plaintext.
     let mut c = intercepted_client(&h, "api.test", 443).await;

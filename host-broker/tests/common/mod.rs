@@ -271,6 +271,23 @@ pub async fn harness_in(
     }
 }
 
+/// [`harness_in`] for the usual VM: `API_KEY` = `secret` in its environment, upstreams
+/// verified against `pki`'s CA.
+pub async fn harness_with_key(
+    dir: tempfile::TempDir,
+    policy_json: &str,
+    secret: &str,
+    pki: &TestPki,
+) -> Harness {
+    harness_in(
+        dir,
+        policy_json,
+        &[("API_KEY", secret)],
+        vec![pki.ca_path.clone()],
+    )
+    .await
+}
+
 /// What the guest agent does: each loopback TCP connection becomes one Proxy stream.
 pub async fn spawn_bridge(listen: PathBuf) -> SocketAddr {
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -437,13 +437,7 @@ pub async fn world(upstream_alpn: &[&[u8]], credentials: &str, extra: &str) -> W
     }}"#,
         a = echo.addr
     );
-    let h = harness_in(
-        dir,
-        &policy,
-        &[("API_KEY", SECRET)],
-        vec![pki.ca_path.clone()],
-    )
-    .await;
+    let h = harness_with_key(dir, &policy, SECRET, &pki).await;
     World { h, echo }
 }
 
