@@ -3,6 +3,7 @@
 
 mod stub_broker;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use guest_agent::broker::{self, BrokerError};
@@ -20,6 +21,17 @@ async fn one_shot(listener: UnixListener, reply: BrokerMessage) -> Option<AgentM
         .await
         .unwrap();
     Some(next)
+}
+
+/// `fetch_config` (exec mode) against the stub broker at `path`, which must fail.
+async fn fetch_error(path: PathBuf) -> BrokerError {
+    broker::fetch_config(
+        &Endpoint::Unix(path),
+        BootMode::Exec,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_err()
 }
 
 #[tokio::test]
@@ -60,13 +72,7 @@ async fn refusal_maps_to_protocol_status() {
             reason: "unknown VM".into(),
         },
     ));
-    let err = broker::fetch_config(
-        &Endpoint::Unix(path),
-        BootMode::Exec,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap_err();
+    let err = fetch_error(path).await;
     assert!(
         matches!(&err, BrokerError::Refused(r) if r == "unknown VM"),
         "{err}"
@@ -106,13 +112,7 @@ async fn garbage_from_the_broker_is_a_protocol_error() {
         let _: Result<AgentMessage, _> = shared_proto::read_message(&mut s).await;
         s.write_all(&[0xff; 12]).await.unwrap();
     });
-    let err = broker::fetch_config(
-        &Endpoint::Unix(path),
-        BootMode::Exec,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap_err();
+    let err = fetch_error(path).await;
     assert!(matches!(err, BrokerError::Protocol(_)), "{err}");
     assert_eq!(Fatal::from(err).status, status::PROTOCOL);
 }
