@@ -336,14 +336,18 @@ pub async fn collect(resp: Response<Incoming>) -> Answer {
     }
 }
 
+/// Waits (bounded) for the response of a request being sent, and collects it.
+async fn answer_of(
+    sending: impl std::future::Future<Output = hyper::Result<Response<Incoming>>>,
+) -> Answer {
+    let resp = tokio::time::timeout(WAIT, sending).await.unwrap().unwrap();
+    collect(resp).await
+}
+
 /// Sends `req` on an HTTP/2 sender.
 pub async fn h2_send(s: &mut H2, req: Request<Full<Bytes>>) -> Answer {
     s.ready().await.unwrap();
-    let resp = tokio::time::timeout(WAIT, s.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    collect(resp).await
+    answer_of(s.send_request(req)).await
 }
 
 /// Sends `req` on an HTTP/1.1 sender.
@@ -352,11 +356,7 @@ pub async fn h1_send(
     req: Request<Full<Bytes>>,
 ) -> Answer {
     s.ready().await.unwrap();
-    let resp = tokio::time::timeout(WAIT, s.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    collect(resp).await
+    answer_of(s.send_request(req)).await
 }
 
 /// `GET uri` carrying the placeholder in Authorization ([`PLACEHOLDER_AUTH`]), no body.
