@@ -265,17 +265,7 @@ impl Broker {
         if self.read_vms().contains_key(&id) {
             return Err(BrokerError::DuplicateVm(id));
         }
-        spec.policy
-            .validate()
-            .map_err(|source| BrokerError::Policy {
-                vm: id.clone(),
-                source,
-            })?;
-        let creds =
-            CredentialSet::load(&spec.policy, env).map_err(|source| BrokerError::Credentials {
-                vm: id.clone(),
-                source,
-            })?;
+        let creds = checked_credentials(&id, &spec.policy, env)?;
         let vm_dir = self.inner.config.state_dir.join("vms").join(&id);
         if let Some(from) = ca_from {
             self.copy_ca(&id, from, &vm_dir)?;
@@ -401,15 +391,7 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         let _guard = self.inner.update_lock.lock().await;
         let entry = self.entry(id)?;
-        policy.validate().map_err(|source| BrokerError::Policy {
-            vm: id.to_owned(),
-            source,
-        })?;
-        let creds =
-            CredentialSet::load(&policy, env).map_err(|source| BrokerError::Credentials {
-                vm: id.to_owned(),
-                source,
-            })?;
+        let creds = checked_credentials(id, &policy, env)?;
         let next = entry.current().with_policy(policy);
         next.set_credentials(creds);
         entry.replace(next);
@@ -447,15 +429,7 @@ impl Broker {
                 None => policy.credentials.remove(&name),
             };
         }
-        policy.validate().map_err(|source| BrokerError::Policy {
-            vm: id.to_owned(),
-            source,
-        })?;
-        let creds =
-            CredentialSet::load(&policy, env).map_err(|source| BrokerError::Credentials {
-                vm: id.to_owned(),
-                source,
-            })?;
+        let creds = checked_credentials(id, &policy, env)?;
         // The shared cell reaches open connections; the new version carries the merged specs
         // for later rotations.
         current.set_credentials(creds);
@@ -714,5 +688,22 @@ fn spawn_cid_loop(
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
             }
         }
+    })
+}
+
+/// Validates `policy` and loads its credentials: what every registration or update of VM
+/// `id` must pass before anything changes.
+fn checked_credentials(
+    id: &str,
+    policy: &Policy,
+    env: &dyn EnvSource,
+) -> Result<CredentialSet, BrokerError> {
+    policy.validate().map_err(|source| BrokerError::Policy {
+        vm: id.to_owned(),
+        source,
+    })?;
+    CredentialSet::load(policy, env).map_err(|source| BrokerError::Credentials {
+        vm: id.to_owned(),
+        source,
     })
 }
