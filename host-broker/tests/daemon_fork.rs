@@ -10,34 +10,10 @@ mod daemon_support;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
-use common::tls_over;
-use common::{client_trusting, connect_via, get, http1, make_pki, spawn_bridge, spawn_upstream};
+use common::{connect_via, get, http1, make_pki, spawn_bridge, spawn_upstream};
+use common::{leaf_handshake, tls_over};
 use daemon_support::*;
 use host_broker::tls::{CaCopy, CaError, LeafCache, SystemClock, VmCa};
-use rustls::pki_types::ServerName;
-
-/// Handshake in memory: server uses `leaf`, client trusts only `ca_pem` and checks `name`.
-async fn handshake(
-    leaf: Arc<rustls::ServerConfig>,
-    ca_pem: &str,
-    name: &str,
-) -> Result<(), String> {
-    let (a, b) = tokio::io::duplex(64 * 1024);
-    let server = tokio::spawn(async move {
-        tokio_rustls::TlsAcceptor::from(leaf)
-            .accept(b)
-            .await
-            .map(|_| ())
-    });
-    let name = ServerName::try_from(name.to_owned()).unwrap();
-    let r = tokio_rustls::TlsConnector::from(client_trusting(ca_pem))
-        .connect(name, a)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string());
-    drop(server);
-    r
-}
 
 #[tokio::test]
 async fn ca_copied_to_another_id_signs_leaves_that_chain_to_the_copied_pem() {
@@ -61,12 +37,12 @@ async fn ca_copied_to_another_id_signs_leaves_that_chain_to_the_copied_pem() {
         .get("api.test")
         .await
         .unwrap();
-    handshake(leaf.clone(), &copied_pem, "api.test")
+    leaf_handshake(leaf.clone(), &copied_pem, "api.test")
         .await
         .expect("leaf minted under vm-b chains to vm-a's CA");
     // Trust is really checked: a CA of vm-b's own does not validate the leaf.
     let own = VmCa::load_or_create(&dir.path().join("vms/other"), "vm-b").unwrap();
-    assert!(handshake(leaf, own.pem(), "api.test").await.is_err());
+    assert!(leaf_handshake(leaf, own.pem(), "api.test").await.is_err());
 
     // Copying again is a no-op; a different CA already at the destination is never replaced.
     assert_eq!(

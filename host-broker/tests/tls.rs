@@ -10,29 +10,6 @@ use common::*;
 use host_broker::policy::Policy;
 use host_broker::tls::{LeafCache, SystemClock, VmCa};
 use host_broker::{VmSpec, VmTransport};
-use rustls::pki_types::ServerName;
-
-/// Handshake in memory: server uses `leaf`, client trusts only `ca_pem` and checks `name`.
-async fn handshake(
-    leaf: Arc<rustls::ServerConfig>,
-    ca_pem: &str,
-    name: &str,
-) -> Result<(), String> {
-    let (a, b) = tokio::io::duplex(64 * 1024);
-    let server = tokio::spawn(async move {
-        tokio_rustls::TlsAcceptor::from(leaf)
-            .accept(b)
-            .await
-            .map(|_| ())
-    });
-    let name = ServerName::try_from(name.to_owned()).unwrap();
-    let client = tokio_rustls::TlsConnector::from(client_trusting(ca_pem))
-        .connect(name, a)
-        .await;
-    let r = client.map(|_| ()).map_err(|e| e.to_string());
-    drop(server);
-    r
-}
 
 #[tokio::test]
 async fn leaf_chain_validates_with_dns_and_ip_sans() {
@@ -40,16 +17,20 @@ async fn leaf_chain_validates_with_dns_and_ip_sans() {
     let ca = Arc::new(VmCa::load_or_create(dir.path(), "t").unwrap());
     let cache = LeafCache::new(ca.clone(), Arc::new(SystemClock), 16);
     let dns = cache.get("api.test").await.unwrap();
-    handshake(dns.clone(), ca.pem(), "api.test").await.unwrap();
+    leaf_handshake(dns.clone(), ca.pem(), "api.test")
+        .await
+        .unwrap();
     // The SAN is checked: the same leaf is not valid for another name.
-    assert!(handshake(dns, ca.pem(), "evil.test").await.is_err());
+    assert!(leaf_handshake(dns, ca.pem(), "evil.test").await.is_err());
     let ip = cache.get("127.0.0.1").await.unwrap();
-    handshake(ip.clone(), ca.pem(), "127.0.0.1").await.unwrap();
-    assert!(handshake(ip, ca.pem(), "127.0.0.2").await.is_err());
+    leaf_handshake(ip.clone(), ca.pem(), "127.0.0.1")
+        .await
+        .unwrap();
+    assert!(leaf_handshake(ip, ca.pem(), "127.0.0.2").await.is_err());
     // And it is the VM CA that makes it valid: another CA does not.
     let other = VmCa::load_or_create(&dir.path().join("other"), "o").unwrap();
     let dns = cache.get("api.test").await.unwrap();
-    assert!(handshake(dns, other.pem(), "api.test").await.is_err());
+    assert!(leaf_handshake(dns, other.pem(), "api.test").await.is_err());
 }
 
 #[tokio::test]
@@ -76,6 +57,6 @@ async fn ca_key_is_0600_and_reused_after_restart() {
         .get("api.test")
         .await
         .unwrap();
-    handshake(leaf, &pem1, "api.test").await.unwrap();
+    leaf_handshake(leaf, &pem1, "api.test").await.unwrap();
     b2.shutdown().await;
 }

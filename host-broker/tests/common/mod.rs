@@ -451,3 +451,26 @@ pub async fn intercepted_client(
     let tls = tls_over(s, host, &h.vm_ca_pem).await.unwrap();
     http1(tls).await
 }
+
+/// Handshake in memory: server uses `leaf`, client trusts only `ca_pem` and checks `name`.
+pub async fn leaf_handshake(
+    leaf: Arc<rustls::ServerConfig>,
+    ca_pem: &str,
+    name: &str,
+) -> Result<(), String> {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let server = tokio::spawn(async move {
+        tokio_rustls::TlsAcceptor::from(leaf)
+            .accept(b)
+            .await
+            .map(|_| ())
+    });
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let r = tokio_rustls::TlsConnector::from(client_trusting(ca_pem))
+        .connect(name, a)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    drop(server);
+    r
+}
