@@ -27,6 +27,8 @@ pub struct Settings {
     pub argv: Vec<String>,
     pub timeout: Duration,
     pub log: tracing::Level,
+    /// Transparent capture of all TCP and DNS (`sluice.capture=on|off`, default on).
+    pub capture: bool,
 }
 
 impl Default for Settings {
@@ -41,6 +43,7 @@ impl Default for Settings {
             argv: Vec::new(),
             timeout: Duration::from_secs(30),
             log: tracing::Level::INFO,
+            capture: true,
         }
     }
 }
@@ -181,6 +184,13 @@ pub fn parse(line: &str) -> Result<Settings, CmdlineError> {
                     .map(Duration::from_secs)
                     .ok_or_else(|| bad("sluice.timeout", value, "expected seconds, 1..=3600"))?
             }
+            "capture" => {
+                s.capture = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(bad("sluice.capture", value, "expected on or off")),
+                }
+            }
             "log" => {
                 s.log = match value {
                     "error" => tracing::Level::ERROR,
@@ -236,13 +246,15 @@ mod tests {
         assert!(!s.read_only);
         assert_eq!(s.init, "/sbin/init");
         assert_eq!(s.log, tracing::Level::INFO);
+        assert!(s.capture);
     }
 
     #[test]
     fn every_key_parses() {
         let s = parse(
             "sluice.mode=systemd sluice.port=5000 sluice.root=/dev/vda sluice.rootfstype=xfs \
-             sluice.rootflags=ro sluice.init=/lib/systemd/systemd sluice.timeout=5 sluice.log=debug",
+             sluice.rootflags=ro sluice.init=/lib/systemd/systemd sluice.timeout=5 sluice.log=debug \
+             sluice.capture=off",
         )
         .unwrap();
         assert_eq!(s.mode, Mode::Systemd);
@@ -253,6 +265,7 @@ mod tests {
         assert_eq!(s.init, "/lib/systemd/systemd");
         assert_eq!(s.timeout, Duration::from_secs(5));
         assert_eq!(s.log, tracing::Level::DEBUG);
+        assert!(!s.capture);
     }
 
     #[test]
@@ -278,6 +291,7 @@ mod tests {
             ("sluice.timeout=0 -- x", "sluice.timeout"),
             ("sluice.timeout=forever -- x", "sluice.timeout"),
             ("sluice.log=loud -- x", "sluice.log"),
+            ("sluice.capture=yes -- x", "sluice.capture"),
             ("sluice.init=sbin/init -- x", "sluice.init"),
             ("sluice.rootfstype=a/b -- x", "sluice.rootfstype"),
             ("sluice.colour=blue -- x", "sluice.colour"),

@@ -12,7 +12,9 @@ use tracing::{info, warn};
 use crate::broker::{self, BrokerError, Control};
 use crate::cmdline::{self, Mode, Settings};
 use crate::endpoint::Endpoint;
-use crate::{console, env, exec, modules, mount, net, proxy, root, systemd, trust};
+use crate::{
+    console, dns_server, egress, env, exec, modules, mount, net, proxy, root, systemd, trust,
+};
 
 /// Exit statuses fixed by docs/architecture.md.
 pub mod status {
@@ -208,6 +210,12 @@ async fn run_exec(
     let listeners = proxy::bind_loopback(proxy_port(config))
         .await
         .map_err(|e| Fatal::new(status::SOFTWARE, "proxy", e))?;
+    if settings.capture {
+        dns_server::install_resolv_conf(Path::new("/")).map_err(osfile("/etc/resolv.conf"))?;
+        egress::start_transparent(std::sync::Arc::new(endpoint.clone()))
+            .await
+            .map_err(|e| Fatal::new(status::SOFTWARE, "transparent capture", e))?;
+    }
     let proxy_task = tokio::spawn(proxy::serve(listeners, endpoint));
 
     let exit = exec::run(&settings.argv, &env::with_base(&vars), true)
@@ -233,6 +241,9 @@ async fn prepare_systemd(settings: &Settings, config: &GuestConfig) -> Result<Ha
     let sysroot = Path::new(root::SYSROOT);
     let vars = compose_env(config, sysroot)?;
     systemd::install_env(sysroot, &vars).map_err(osfile("environment"))?;
+    if settings.capture {
+        dns_server::install_resolv_conf(sysroot).map_err(osfile("/etc/resolv.conf"))?;
+    }
     root::copy_sluice_files(Path::new("/sluice"), Path::new("/run/sluice"))
         .map_err(osfile("copying /sluice to /run/sluice"))?;
     let names = systemd::install_units(
@@ -241,6 +252,7 @@ async fn prepare_systemd(settings: &Settings, config: &GuestConfig) -> Result<Ha
         Path::new("/sluice/units"),
         settings.port,
         proxy_port(config),
+        settings.capture,
         settings.log,
     )
     .map_err(osfile("units"))?;

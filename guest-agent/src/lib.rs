@@ -5,8 +5,12 @@
 #![forbid(unsafe_code)]
 
 pub mod broker;
+pub mod capture;
 pub mod cmdline;
 pub mod console;
+pub mod dns;
+pub mod dns_server;
+pub mod egress;
 pub mod endpoint;
 pub mod env;
 pub mod exec;

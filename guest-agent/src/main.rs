@@ -8,7 +8,7 @@ use guest_agent::{console, init, proxy};
 
 const USAGE: &str =
     "usage: guest-agent proxy [--listen ADDR]... --connect unix:PATH|vsock:CID:PORT \
-[--log LEVEL]\n       (as PID 1 it runs the init component; see docs/guest-agent.md)";
+[--capture] [--log LEVEL]\n       (as PID 1 it runs the init component; see docs/guest-agent.md)";
 
 fn main() -> ExitCode {
     if std::process::id() == 1 {
@@ -39,6 +39,8 @@ fn main() -> ExitCode {
 struct ProxyArgs {
     listen: Vec<SocketAddr>,
     connect: Endpoint,
+    /// Also capture every TCP connection and answer DNS (needs root and /dev/net/tun).
+    capture: bool,
     log: tracing::Level,
 }
 
@@ -47,6 +49,7 @@ fn parse_proxy_args(args: &[String]) -> anyhow::Result<ProxyArgs> {
     let mut listen = Vec::new();
     let mut connect = None;
     let mut log = tracing::Level::INFO;
+    let mut capture = false;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -59,6 +62,7 @@ fn parse_proxy_args(args: &[String]) -> anyhow::Result<ProxyArgs> {
                 listen.push(v.parse().with_context(|| format!("--listen {v}"))?)
             }
             "--connect" => connect = Some(value()?.parse::<Endpoint>()?),
+            "--capture" => capture = true,
             "--log" => {
                 let v = value()?;
                 log = v
@@ -71,6 +75,7 @@ fn parse_proxy_args(args: &[String]) -> anyhow::Result<ProxyArgs> {
     Ok(ProxyArgs {
         listen,
         connect: connect.ok_or_else(|| anyhow!("--connect is required\n{USAGE}"))?,
+        capture,
         log,
     })
 }
@@ -98,6 +103,10 @@ fn proxy_cmd(args: &[String]) -> anyhow::Result<()> {
             }
             v
         };
+        if args.capture {
+            let broker = std::sync::Arc::new(args.connect.clone());
+            guest_agent::egress::start_transparent(broker).await?;
+        }
         proxy::serve(listeners, args.connect).await;
         Ok(())
     })

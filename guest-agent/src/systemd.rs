@@ -29,7 +29,7 @@ fn err(path: &Path) -> impl FnOnce(std::io::Error) -> SystemdError + '_ {
 }
 
 /// The runtime unit running the agent's local proxy.
-pub fn proxy_unit(broker_port: u32, proxy_port: u16, log: tracing::Level) -> String {
+pub fn proxy_unit(broker_port: u32, proxy_port: u16, capture: bool, log: tracing::Level) -> String {
     format!(
         "# Written by the Sluice guest agent at boot.\n\
          [Unit]\n\
@@ -40,10 +40,11 @@ pub fn proxy_unit(broker_port: u32, proxy_port: u16, log: tracing::Level) -> Str
          \n\
          [Service]\n\
          ExecStart=/run/{AGENT_IN_RUN} proxy --listen 127.0.0.1:{proxy_port} \
-         --listen [::1]:{proxy_port} --connect vsock:{cid}:{broker_port} --log {log}\n\
+         --listen [::1]:{proxy_port} --connect vsock:{cid}:{broker_port}{capture} --log {log}\n\
          Restart=always\n\
          RestartSec=1\n",
         cid = shared_proto::HOST_CID,
+        capture = if capture { " --capture" } else { "" },
         log = log.as_str().to_ascii_lowercase(),
     )
 }
@@ -101,6 +102,7 @@ pub fn install_units(
     units_dir: &Path,
     broker_port: u32,
     proxy_port: u16,
+    capture: bool,
     log: tracing::Level,
 ) -> Result<Vec<String>, SystemdError> {
     use std::os::unix::fs::PermissionsExt;
@@ -125,7 +127,7 @@ pub fn install_units(
     };
     write(
         units.join(PROXY_UNIT),
-        &proxy_unit(broker_port, proxy_port, log),
+        &proxy_unit(broker_port, proxy_port, capture, log),
     )?;
     want(PROXY_UNIT)?;
     let mut names = vec![PROXY_UNIT.to_string()];
@@ -159,10 +161,10 @@ mod tests {
 
     #[test]
     fn proxy_unit_runs_the_copied_agent() {
-        let u = proxy_unit(7070, 3128, tracing::Level::DEBUG);
+        let u = proxy_unit(7070, 3128, true, tracing::Level::DEBUG);
         assert!(u.contains(
             "ExecStart=/run/sluice/bin/guest-agent proxy --listen 127.0.0.1:3128 \
-             --listen [::1]:3128 --connect vsock:2:7070 --log debug\n"
+             --listen [::1]:3128 --connect vsock:2:7070 --capture --log debug\n"
         ));
         assert!(u.contains("Before=network-online.target"));
         assert!(u.contains("DefaultDependencies=no"));
@@ -226,7 +228,7 @@ mod tests {
         let agent = tmp.path().join("agent");
         std::fs::write(&agent, b"\x7fELF").unwrap();
         let names =
-            install_units(&run, &agent, &units_src, 7070, 3128, tracing::Level::INFO).unwrap();
+            install_units(&run, &agent, &units_src, 7070, 3128, false, tracing::Level::INFO).unwrap();
         assert_eq!(names, ["sluice-proxy.service", "work.service"]);
         let sys = run.join("systemd/system");
         assert_eq!(

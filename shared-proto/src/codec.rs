@@ -267,6 +267,46 @@ mod tests {
         assert_eq!(read_stream_header(&mut b).await.unwrap(), header);
     }
 
+    #[test]
+    fn v1_stream_headers_keep_their_bytes() {
+        // Agents already deployed send exactly these; appending kinds must not change them.
+        let control = encode_frame(&StreamHeader {
+            kind: StreamKind::Control,
+        })
+        .unwrap();
+        assert_eq!(control, [0, 0, 0, 4, 0, 0, 0, 0]);
+        let proxy = encode_frame(&StreamHeader {
+            kind: StreamKind::Proxy,
+        })
+        .unwrap();
+        assert_eq!(proxy, [0, 0, 0, 4, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn capture_kinds_round_trip() {
+        use crate::{DnsQuestion, DnsRecordType, DnsReply, TcpReply, TcpTarget};
+        for kind in [
+            StreamKind::Tcp(TcpTarget {
+                host: "api.example.com".into(),
+                port: 443,
+            }),
+            StreamKind::Dns(DnsQuestion {
+                name: "api.example.com".into(),
+                record_type: DnsRecordType::Other(15),
+            }),
+        ] {
+            let h = StreamHeader { kind };
+            assert_eq!(
+                decode_frame::<StreamHeader>(&encode_frame(&h).unwrap()).unwrap(),
+                h
+            );
+        }
+        let r = TcpReply::Refused { reason: "no".into() };
+        assert_eq!(decode_frame::<TcpReply>(&encode_frame(&r).unwrap()).unwrap(), r);
+        let d = DnsReply::Allowed { ttl_secs: 5 };
+        assert_eq!(decode_frame::<DnsReply>(&encode_frame(&d).unwrap()).unwrap(), d);
+    }
+
     #[tokio::test]
     async fn read_message_refuses_oversize_length() {
         let mut data = &u32::MAX.to_be_bytes()[..];

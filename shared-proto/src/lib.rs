@@ -10,6 +10,9 @@
 //! * [`StreamKind::Proxy`]: a byte tunnel carried in [`tunnel`] chunks. The chunking exists
 //!   because some hybrid-vsock backends (vhost-device-vsock) do not propagate a half-close:
 //!   end-of-stream is signalled in-band in both directions instead.
+//! * [`StreamKind::Tcp`]: a guest connection the agent captured transparently, with its
+//!   original destination; one [`TcpReply`] frame from the broker, then tunnel chunks.
+//! * [`StreamKind::Dns`]: one name the guest looked up; one [`DnsReply`] frame back.
 //!
 //! The encoding (bincode today) is private to this crate: callers only see typed messages and
 //! typed [`ProtoError`]s, so it can change without touching the agent or broker.

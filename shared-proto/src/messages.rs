@@ -11,12 +11,67 @@ pub struct StreamHeader {
 }
 
 /// The kinds of guest->host stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// New kinds are only ever appended: the encoding of the existing ones stays byte-identical,
+/// so an older agent keeps working against a newer broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StreamKind {
     /// Agent <-> broker control conversation (hello, config, exit status).
     Control,
     /// An HTTP proxy connection accepted by the agent's local listener, tunnelled as-is.
     Proxy,
+    /// A guest TCP connection captured transparently by the agent, with its original
+    /// destination. The broker answers one [`TcpReply`] frame, then (if open) the stream is a
+    /// byte tunnel in [`crate::tunnel`] chunks.
+    Tcp(TcpTarget),
+    /// A DNS question the agent's resolver received. The broker answers one [`DnsReply`]
+    /// frame and closes the stream.
+    Dns(DnsQuestion),
+}
+
+/// Where a captured TCP connection was going.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpTarget {
+    /// The name the guest resolved through the agent's DNS (when the destination was one of
+    /// the agent's synthetic addresses), else the destination IP literal.
+    pub host: String,
+    pub port: u16,
+}
+
+/// The broker's answer on a [`StreamKind::Tcp`] stream, before any tunnel byte.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TcpReply {
+    /// The destination is allowed; tunnel chunks follow.
+    Open,
+    /// Refused by policy or unreachable; the stream closes. The reason is for the guest's log.
+    Refused { reason: String },
+}
+
+/// Record types the agent's resolver asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DnsRecordType {
+    A,
+    Aaaa,
+    /// Any other type (MX, TXT, ...): decided like an address question, answered without data.
+    Other(u16),
+}
+
+/// One name the guest looked up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsQuestion {
+    /// Lower-case name without the trailing dot.
+    pub name: String,
+    pub record_type: DnsRecordType,
+}
+
+/// The broker's decision on a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DnsReply {
+    /// The policy can reach this name: the agent answers with a synthetic address that maps
+    /// back to it, valid for `ttl_secs`.
+    Allowed { ttl_secs: u32 },
+    /// The policy can never reach this name: NXDOMAIN.
+    Denied { reason: String },
 }
 
 /// How the agent is bringing the guest up.

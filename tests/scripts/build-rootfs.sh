@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the Debian bookworm root filesystem image the VM tests boot (curl, python3-requests,
+# Builds the Debian bookworm root filesystem image the VM tests boot (curl, python3-requests, nodejs,
 # systemd), as ext4, into CACHE/rootfs-<recipe>.ext4 and points CACHE/rootfs.ext4 at it.
 #
 # The recipe hash covers this script (package list included), so editing it rebuilds the
@@ -7,7 +7,7 @@
 # it with QEMU's snapshot=on (or a read-only disk).
 set -euo pipefail
 cache="${1:?usage: build-rootfs.sh CACHE_DIR}"
-PACKAGES="curl,ca-certificates,python3,python3-requests,systemd,systemd-sysv,procps"
+PACKAGES="curl,ca-certificates,python3,python3-requests,systemd,systemd-sysv,procps,nodejs"
 recipe="$(sha256sum "$0" | cut -c1-16)"
 image="$cache/rootfs-$recipe.ext4"
 if [ -f "$image" ]; then
