@@ -128,8 +128,7 @@ impl Resolver {
             name: name.to_owned(),
             record_type,
         };
-        let reply = match tokio::time::timeout(BROKER_TIMEOUT, ask(&self.broker, question)).await
-        {
+        let reply = match tokio::time::timeout(BROKER_TIMEOUT, ask(&self.broker, question)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 warn!("DNS {name}: asking the broker: {e}");
@@ -164,7 +163,10 @@ fn rcode_only(mut reply: Packet<'_>, rcode: RCODE) -> Option<Vec<u8>> {
 }
 
 /// One `Dns` stream: header with the question, one reply frame back.
-async fn ask(broker: &Endpoint, question: DnsQuestion) -> Result<DnsReply, shared_proto::ProtoError> {
+async fn ask(
+    broker: &Endpoint,
+    question: DnsQuestion,
+) -> Result<DnsReply, shared_proto::ProtoError> {
     let mut stream = broker.connect().await?;
     let header = StreamHeader {
         kind: StreamKind::Dns(question),
@@ -215,11 +217,17 @@ mod tests {
         let ip = IpAddr::from(std::net::Ipv4Addr::from(address));
         assert_eq!(r.name_of(ip).as_deref(), Some("api.example.com"));
 
-        let aaaa = r.answer(&query("api.example.com", TYPE::AAAA)).await.unwrap();
+        let aaaa = r
+            .answer(&query("api.example.com", TYPE::AAAA))
+            .await
+            .unwrap();
         let aaaa = Packet::parse(&aaaa).unwrap();
         assert!(matches!(aaaa.answers[0].rdata, RData::AAAA(_)));
 
-        let nx = r.answer(&query("denied.example.com", TYPE::A)).await.unwrap();
+        let nx = r
+            .answer(&query("denied.example.com", TYPE::A))
+            .await
+            .unwrap();
         let nx = Packet::parse(&nx).unwrap();
         assert_eq!(nx.rcode(), RCODE::NameError);
         assert!(nx.answers.is_empty());
@@ -234,10 +242,7 @@ mod tests {
     async fn unreachable_broker_is_servfail_and_garbage_is_dropped() {
         let r = resolver_with(&[]);
         let fail = r.answer(&query("x.example.com", TYPE::A)).await.unwrap();
-        assert_eq!(
-            Packet::parse(&fail).unwrap().rcode(),
-            RCODE::ServerFailure
-        );
+        assert_eq!(Packet::parse(&fail).unwrap().rcode(), RCODE::ServerFailure);
         assert!(r.answer(b"\x00\x01garbage").await.is_none());
     }
 }

@@ -13,13 +13,16 @@ use tracing::{debug, warn};
 use crate::dns::Resolver;
 
 /// Where the resolver listens.
-pub const LISTEN_V4: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 53);
-pub const LISTEN_V6: SocketAddr = SocketAddr::new(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 53);
+pub const LISTEN_V4: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 53);
+pub const LISTEN_V6: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 53);
 /// A TCP client must send its whole question within this time.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
 /// What /etc/resolv.conf says: only the agent's resolver, no search domains.
-pub const RESOLV_CONF: &str = "# Written by the Sluice guest agent: every lookup is decided by the host broker.\n\
+pub const RESOLV_CONF: &str =
+    "# Written by the Sluice guest agent: every lookup is decided by the host broker.\n\
 nameserver 127.0.0.1\n";
 
 /// Binds the loopback listeners ([::1] is optional) and serves them in background tasks.
@@ -150,7 +153,11 @@ mod tests {
         let root = tmp.path();
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::create_dir_all(root.join("run/systemd/resolve")).unwrap();
-        std::fs::write(root.join("run/systemd/resolve/stub-resolv.conf"), "nameserver 127.0.0.53\n").unwrap();
+        std::fs::write(
+            root.join("run/systemd/resolve/stub-resolv.conf"),
+            "nameserver 127.0.0.53\n",
+        )
+        .unwrap();
         std::os::unix::fs::symlink(
             "../run/systemd/resolve/stub-resolv.conf",
             root.join("etc/resolv.conf"),
@@ -159,7 +166,10 @@ mod tests {
         install_resolv_conf(root).unwrap();
         let meta = std::fs::symlink_metadata(root.join("etc/resolv.conf")).unwrap();
         assert!(meta.file_type().is_file());
-        assert_eq!(std::fs::read_to_string(root.join("etc/resolv.conf")).unwrap(), RESOLV_CONF);
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/resolv.conf")).unwrap(),
+            RESOLV_CONF
+        );
         assert_eq!(
             std::fs::read_to_string(root.join("run/systemd/resolve/stub-resolv.conf")).unwrap(),
             "nameserver 127.0.0.53\n",

@@ -227,8 +227,16 @@ mod tests {
         std::fs::write(units_src.join("notes.txt"), "ignored").unwrap();
         let agent = tmp.path().join("agent");
         std::fs::write(&agent, b"\x7fELF").unwrap();
-        let names =
-            install_units(&run, &agent, &units_src, 7070, 3128, false, tracing::Level::INFO).unwrap();
+        let names = install_units(
+            &run,
+            &agent,
+            &units_src,
+            7070,
+            3128,
+            false,
+            tracing::Level::INFO,
+        )
+        .unwrap();
         assert_eq!(names, ["sluice-proxy.service", "work.service"]);
         let sys = run.join("systemd/system");
         assert_eq!(

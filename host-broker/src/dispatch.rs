@@ -1,5 +1,5 @@
 //! First bytes of every guest stream: preface + [`StreamHeader`], read within a bounded
-//! time, then handed to the control or proxy handler. Anything malformed (bad preface,
+//! time, then handed to the control, proxy, captured-TCP or DNS handler. Anything malformed (bad preface,
 //! unknown version, oversize/truncated frame, unknown kind) closes that stream with a logged
 //! reason; other streams are unaffected.
 
@@ -44,6 +44,19 @@ pub(crate) async fn serve_stream(acc: Accepted, vm: Arc<VmEntry>, shared: Arc<Sh
             shared.events.metrics().connection(&vm.id);
             let span = tracing::info_span!("proxy");
             crate::proxy::serve(TunnelStream::new(io), state, shared)
+                .instrument(span)
+                .await
+        }
+        StreamKind::Tcp(target) => {
+            shared.events.metrics().connection(&vm.id);
+            let span = tracing::info_span!("tcp", host = %target.host, port = target.port);
+            crate::proxy::serve_captured(io, target, state, shared)
+                .instrument(span)
+                .await
+        }
+        StreamKind::Dns(question) => {
+            let span = tracing::debug_span!("dns");
+            crate::dns::answer(io, question, state, shared)
                 .instrument(span)
                 .await
         }

@@ -9,6 +9,7 @@ mod broker;
 pub mod config;
 mod control;
 mod dispatch;
+mod dns;
 pub mod metrics;
 pub mod persist;
 pub mod policy;

@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use crate::audit::AuditRecord;
 
 /// Verdicts that become label values; anything else is counted as `other`.
-const VERDICTS: [&str; 9] = [
+const VERDICTS: [&str; 10] = [
     "intercepted",
     "forwarded",
     "blocked",
@@ -30,6 +30,7 @@ const VERDICTS: [&str; 9] = [
     "tunnel",
     "relayed",
     "passthrough",
+    "resolved",
 ];
 
 /// Counters of one VM since it was registered (in this broker process).

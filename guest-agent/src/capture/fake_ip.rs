@@ -103,7 +103,9 @@ pub fn is_synthetic(addr: IpAddr) -> bool {
 fn in_range(addr: IpAddr) -> bool {
     match addr {
         IpAddr::V4(a) => u32::from(a) >> (32 - V4_PREFIX) == u32::from(V4_BASE) >> (32 - V4_PREFIX),
-        IpAddr::V6(a) => u128::from(a) >> (128 - V6_PREFIX) == u128::from(V6_BASE) >> (128 - V6_PREFIX),
+        IpAddr::V6(a) => {
+            u128::from(a) >> (128 - V6_PREFIX) == u128::from(V6_BASE) >> (128 - V6_PREFIX)
+        }
     }
 }
 
@@ -140,7 +142,11 @@ mod tests {
         let p = FakeIpPool::default();
         assert_eq!(p.name_of("1.1.1.1".parse().unwrap()), None);
         assert_eq!(p.name_of(interface_v4().into()), None);
-        assert_eq!(p.name_of("198.19.255.1".parse().unwrap()), None, "unallocated");
+        assert_eq!(
+            p.name_of("198.19.255.1".parse().unwrap()),
+            None,
+            "unallocated"
+        );
         assert!(is_synthetic("198.19.255.1".parse().unwrap()));
         assert!(!is_synthetic("198.20.0.1".parse().unwrap()));
     }

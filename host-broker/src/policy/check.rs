@@ -138,6 +138,39 @@ impl Policy {
         Ok(())
     }
 
+    /// Whether the guest's DNS may answer `name` (with a synthetic address): some port of
+    /// some host rule (or `default: allow`) can reach it, and no deny rule for every port
+    /// matches it. Names reachable only through CIDR rules are not answered: telling that
+    /// would mean sending the name to a real resolver, an exfiltration channel for any name.
+    /// IP literals are not names; they are refused here too.
+    pub fn check_dns_name(&self, name: &str) -> Result<(), Denial> {
+        let h = normalize_host(name);
+        if parse_ip_literal(&h).is_some() {
+            return Err(Denial::new(format!(
+                "{} is an address, not a name",
+                shown(name)
+            )));
+        }
+        check_hostname(&h).map_err(|e| Denial::new(format!("{}: {e}; denied", shown(name))))?;
+        if let Some(i) = self
+            .egress
+            .deny
+            .iter()
+            .position(|r| r.ports.is_none() && r.host_matches(&h))
+        {
+            return Err(Denial::new(format!("{h} is denied by egress.deny[{i}]")));
+        }
+        let allowed = self.egress.default == DefaultAction::Allow
+            || self.egress.allow.iter().any(|r| r.host_matches(&h));
+        if allowed {
+            Ok(())
+        } else {
+            Err(Denial::new(format!(
+                "{h} matches no host in egress.allow (default deny); not resolved"
+            )))
+        }
+    }
+
     fn not_allowed(&self, h: &str, port: u16) -> Denial {
         let shown_host = if h.contains(':') {
             format!("[{h}]")

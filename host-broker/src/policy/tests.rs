@@ -216,6 +216,34 @@ fn name_rules_allow_deny_default() {
 }
 
 #[test]
+fn dns_names_only_through_host_rules() {
+    let p = json(DESIGN_EXAMPLE);
+    assert!(p.check_dns_name("api.openai.com").is_ok());
+    assert!(
+        p.check_dns_name("API.openai.com.").is_ok(),
+        "case and trailing dot"
+    );
+    assert!(p.check_dns_name("x.anthropic.com").is_ok());
+    // A CIDR rule would let check_name defer to the resolved address; DNS must not, or
+    // any name could be sent to a real resolver.
+    let e = p.check_dns_name("exfil-data.attacker.example").unwrap_err();
+    assert!(e.reason.contains("not resolved"), "{}", e.reason);
+    let e = p.check_dns_name("db.internal.example.com").unwrap_err();
+    assert!(e.reason.contains("egress.deny[0]"), "{}", e.reason);
+    assert!(
+        p.check_dns_name("10.20.0.1").is_err(),
+        "addresses are not names"
+    );
+    assert!(p.check_dns_name("bad name!").is_err());
+    let open = json(
+        r#"{"egress": {"default": "allow", "deny": [{"hosts": ["*.evil.example"], "ports": [443]}]}}"#,
+    );
+    assert!(open.check_dns_name("anything.example").is_ok());
+    // A deny limited to some ports still lets the name resolve (other ports may be allowed).
+    assert!(open.check_dns_name("a.evil.example").is_ok());
+}
+
+#[test]
 fn deny_wins_over_allow() {
     let p = json(
         r#"{"egress": {"default": "allow",

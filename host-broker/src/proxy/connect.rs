@@ -78,7 +78,7 @@ pub(super) async fn handle(
         audit::emit(&shared.events, rec);
         let span = tracing::info_span!("tunnel", %host, port, %addr, ?mode);
         spawn_tunnel(req, vm.clone(), slot, span, move |io| {
-            super::opaque::run(io, mode, host, addr, vm, shared)
+            super::opaque::run(io, mode, "CONNECT", host, addr, vm, shared)
         });
         return Response::new(body::full(""));
     }

@@ -12,8 +12,10 @@ mod decode;
 mod headers;
 mod opaque;
 mod plain;
+mod prefixed;
 mod request_body;
 mod response;
+mod transparent;
 mod tunnel;
 mod upstream_conn;
 mod websocket;
@@ -36,6 +38,7 @@ use crate::state::{Shared, VmState};
 
 pub use body::{BoxError, ProxyBody};
 pub use headers::{host_without_port, strip_hop_by_hop};
+pub(crate) use transparent::serve as serve_captured;
 
 /// Name of the header that carries the reason of a refusal or failure.
 pub const REASON_HEADER: &str = "x-sluice-reason";

@@ -25,11 +25,11 @@ pub(super) enum Mode {
     PassThrough,
 }
 
-fn record(vm: &VmState, host: &str, verdict: &str, bytes: u64) -> AuditRecord {
+fn record(vm: &VmState, method: &str, host: &str, verdict: &str, bytes: u64) -> AuditRecord {
     AuditRecord {
         vm: vm.id.clone(),
         host: host.to_owned(),
-        method: "CONNECT".into(),
+        method: method.into(),
         path: String::new(),
         credentials: Vec::new(),
         verdict: verdict.into(),
@@ -38,10 +38,12 @@ fn record(vm: &VmState, host: &str, verdict: &str, bytes: u64) -> AuditRecord {
     }
 }
 
-/// Runs one opaque tunnel on the guest's upgraded stream.
+/// Runs one opaque tunnel on the guest's stream (`method` names it in audit records:
+/// `CONNECT`, or `TCP` for a captured connection).
 pub(super) async fn run<G>(
     mut guest: G,
     mode: Mode,
+    method: &'static str,
     host: String,
     addr: SocketAddr,
     vm: Arc<VmState>,
@@ -68,7 +70,7 @@ pub(super) async fn run<G>(
                 ?peeked,
                 "closing pass-through tunnel: not a TLS hello for the CONNECT host"
             );
-            let mut rec = record(&vm, &host, "blocked", 0);
+            let mut rec = record(&vm, method, &host, "blocked", 0);
             rec.status = 0;
             return audit::emit(&shared.events, rec);
         }
@@ -78,7 +80,7 @@ pub(super) async fn run<G>(
         Ok(s) => s,
         Err(e) => {
             tracing::info!(error = %e, "opaque tunnel: upstream unreachable");
-            let mut rec = record(&vm, &host, "failed", 0);
+            let mut rec = record(&vm, method, &host, "failed", 0);
             rec.status = 502;
             return audit::emit(&shared.events, rec);
         }
@@ -108,6 +110,6 @@ pub(super) async fn run<G>(
     );
     audit::emit(
         &shared.events,
-        record(&vm, &host, verdict, to_up + to_guest),
+        record(&vm, method, &host, verdict, to_up + to_guest),
     );
 }

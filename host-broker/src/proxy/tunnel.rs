@@ -51,12 +51,12 @@ fn negotiated_h2(up: &UpstreamTls) -> bool {
 }
 
 impl Tunnel {
-    pub async fn intercept(
-        self,
-        io: TokioIo<hyper::upgrade::Upgraded>,
-        leaf: Arc<rustls::ServerConfig>,
-        up: UpstreamTls,
-    ) {
+    /// Serves the guest's TLS on `io` (the CONNECT's upgraded stream, or a captured
+    /// connection) against the already verified upstream `up`.
+    pub async fn intercept<I>(self, io: I, leaf: Arc<rustls::ServerConfig>, up: UpstreamTls)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
         let start = match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor).await {
             Ok(Ok(s)) => s,
