@@ -301,10 +301,18 @@ mod tests {
                 h
             );
         }
-        let r = TcpReply::Refused { reason: "no".into() };
-        assert_eq!(decode_frame::<TcpReply>(&encode_frame(&r).unwrap()).unwrap(), r);
+        let r = TcpReply::Refused {
+            reason: "no".into(),
+        };
+        assert_eq!(
+            decode_frame::<TcpReply>(&encode_frame(&r).unwrap()).unwrap(),
+            r
+        );
         let d = DnsReply::Allowed { ttl_secs: 5 };
-        assert_eq!(decode_frame::<DnsReply>(&encode_frame(&d).unwrap()).unwrap(), d);
+        assert_eq!(
+            decode_frame::<DnsReply>(&encode_frame(&d).unwrap()).unwrap(),
+            d
+        );
     }
 
     #[tokio::test]
