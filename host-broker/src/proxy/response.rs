@@ -6,6 +6,7 @@ use std::sync::Arc;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use http::{Response, StatusCode};
 use hyper::body::{Body as _, Incoming};
+use hyper::ext::ReasonPhrase;
 
 use super::body::{self, ProxyBody, Scrubbing};
 use super::decode::Decoder;
@@ -14,6 +15,29 @@ use super::refuse;
 use crate::audit::{AuditRecord, PendingAudit};
 use crate::secrets::CredentialSet;
 use crate::state::Shared;
+
+/// A non-standard HTTP/1.1 reason phrase (`200 OK <anything>`), which hyper keeps in the
+/// response extensions and writes back to an HTTP/1.1 guest: real values in it are replaced
+/// by placeholders like in a header value; one that cannot be rebuilt is dropped (the guest
+/// then gets the canonical reason). Returns the number of replacements.
+pub(super) fn scrub_reason_phrase(ext: &mut http::Extensions, creds: &CredentialSet) -> usize {
+    let Some(reason) = ext.remove::<ReasonPhrase>() else {
+        return 0;
+    };
+    if creds.is_empty() {
+        ext.insert(reason);
+        return 0;
+    }
+    let (out, n) = creds.scrub_bytes(reason.as_bytes());
+    if n == 0 {
+        ext.insert(reason);
+        return 0;
+    }
+    if let Ok(r) = ReasonPhrase::try_from(out) {
+        ext.insert(r);
+    }
+    n
+}
 
 /// Scrubs and strips an upstream response and attaches the audit record to its body.
 pub(super) fn respond(
@@ -24,11 +48,12 @@ pub(super) fn respond(
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let scrubbed = creds.scrub_response_headers(&mut parts.headers);
+    let scrubbed = creds.scrub_response_headers(&mut parts.headers)
+        + scrub_reason_phrase(&mut parts.extensions, creds);
     if scrubbed > 0 {
         tracing::warn!(
             scrubbed,
-            "upstream echoed credential values in response headers; replaced with placeholders"
+            "upstream echoed credential values in the response head; replaced with placeholders"
         );
     }
     // Scrub bodies only when there is something to scrub (the scrubber changes lengths, so

@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use super::body::{self, ProxyBody};
 use super::refuse;
-use super::response::respond;
+use super::response::{respond, scrub_reason_phrase};
 use crate::audit::{self, AuditRecord};
 use crate::secrets::CredentialSet;
 use crate::state::Shared;
@@ -149,9 +149,16 @@ pub(super) async fn forward(
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let (mut head, _) = resp.into_parts();
-    let protocol = head.headers.get(UPGRADE).cloned();
+    // The upstream's Upgrade token goes back to the guest: scrubbed like any header.
+    let mut protocol = http::HeaderMap::new();
+    if let Some(p) = head.headers.get(UPGRADE) {
+        protocol.insert(UPGRADE, p.clone());
+        creds.scrub_response_headers(&mut protocol);
+    }
+    let protocol = protocol.remove(UPGRADE);
     super::headers::strip_hop_by_hop(&mut head.headers);
     creds.scrub_response_headers(&mut head.headers);
+    scrub_reason_phrase(&mut head.extensions, creds);
     if up.h2_guest {
         // RFC 8441: success is a 2xx on the stream; no connection-specific headers.
         head.status = StatusCode::OK;
