@@ -23,6 +23,7 @@ use common::*;
 use proto::*;
 
 const H1_ONLY: &[&[u8]] = &[b"http/1.1"];
+const H2_ONLY: &[&[u8]] = &[b"h2"];
 
 type UpBody = BoxBody<Bytes, Infallible>;
 
@@ -61,6 +62,10 @@ async fn leaky_answer(mut req: Request<Incoming>) -> Response<UpBody> {
         let h = r.headers_mut();
         h.insert("upgrade", format!("websocket/{SECRET}").parse().unwrap());
         h.insert("connection", "upgrade".parse().unwrap());
+        h.insert(
+            http::HeaderName::from_bytes(SECRET.as_bytes()).unwrap(),
+            "w".parse().unwrap(),
+        );
         return r;
     }
     let _ = req.into_body().collect().await;
@@ -186,4 +191,48 @@ async fn real_value_in_a_101_reason_upgrade_token_or_header_name_is_scrubbed() {
         lower.contains("\r\nupgrade: websocket/mock-api_key\r\n"),
         "upgrade token"
     );
+    assert!(lower.contains("\r\nmock-api_key: w\r\n"), "renamed header");
+}
+
+#[tokio::test]
+async fn real_value_as_response_header_or_trailer_name_is_scrubbed() {
+    for up in [H1_ONLY, H2_ONLY] {
+        let h = leaky_world(up).await;
+        let up_name = String::from_utf8_lossy(up[0]).into_owned();
+
+        // HTTP/1.1 guest, read raw: names are not re-cased on the way, so compare in any case.
+        let raw = raw_h1(&h, "/names").await;
+        assert_no_secret(&format!("upstream {up_name}, h1 guest"), &raw);
+        let lower = raw.to_ascii_lowercase();
+        assert!(lower.contains("\r\nmock-api_key: v1\r\n"), "renamed header");
+        assert!(
+            lower.contains("\r\nx-mock-api_key-id: v2\r\n"),
+            "renamed header"
+        );
+        assert!(
+            lower.contains("\r\nx-plain: v3\r\n"),
+            "other headers untouched"
+        );
+
+        // HTTP/2 guest: headers and trailers.
+        let mut c = h2_client(&h, "api.test", 443).await;
+        let a = h2_send(&mut c, get_with_placeholder("https://api.test/names")).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.text(), "body");
+        let what = format!("upstream {up_name}, h2 guest");
+        assert_no_secret(&what, &format!("{:?}", a.headers));
+        assert_eq!(a.headers["mock-api_key"], "v1", "{what}");
+        assert_eq!(a.headers["x-mock-api_key-id"], "v2", "{what}");
+        assert_eq!(a.headers["x-plain"], "v3", "{what}");
+        // An HTTP/1.1 upstream sends trailers only to a request with `TE: trailers`, which
+        // the broker strips as hop-by-hop: trailers arrive from HTTP/2 upstreams only.
+        if let Some(t) = &a.trailers {
+            assert_no_secret(&what, &format!("{t:?}"));
+        }
+        if up == H2_ONLY {
+            let t = a.trailers.expect("trailers forwarded");
+            assert_eq!(t["mock-api_key"], "t1", "{what}");
+            assert_eq!(t["x-trailer-mock-api_key"], "t2", "{what}");
+        }
+    }
 }

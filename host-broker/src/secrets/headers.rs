@@ -303,12 +303,14 @@ impl CredentialSet {
 
     /// Replaces any real value (raw, base64, URL-safe base64, percent-encoded, and inside a
     /// `Basic` payload) in response headers with the placeholder in the same encoding.
-    /// Returns the number of replacements.
+    /// Header *names* holding a real value (in any letter case) are renamed to the
+    /// placeholder form, or dropped when that is no valid name. Returns the number of
+    /// replacements.
     pub fn scrub_response_headers(&self, headers: &mut HeaderMap) -> usize {
         if self.creds.is_empty() {
             return 0;
         }
-        let mut total = 0;
+        let mut total = self.scrub_header_names(headers);
         for v in headers.values_mut() {
             let (mut out, mut n) = self.scrub_bytes(v.as_bytes());
             if let Some(b64) = basic_payload(&out) {
@@ -329,6 +331,43 @@ impl CredentialSet {
                     Err(_) => *v = HeaderValue::from_static("[scrubbed]"),
                 }
                 total += n;
+            }
+        }
+        total
+    }
+
+    /// Renames (or drops) every header whose name holds a real value form in any letter
+    /// case; its values are kept, under the new name. Returns the number of replacements.
+    fn scrub_header_names(&self, headers: &mut HeaderMap) -> usize {
+        let hit: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| self.values_nocase.is_match(n.as_str()))
+            .cloned()
+            .collect();
+        let mut total = 0;
+        for name in hit {
+            let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+            headers.remove(&name);
+            let mut out = Vec::with_capacity(name.as_str().len());
+            let mut last = 0;
+            let hay = name.as_str().as_bytes();
+            for m in self.values_nocase.find_iter(hay) {
+                out.extend_from_slice(&hay[last..m.start()]);
+                out.extend_from_slice(&self.value_replacements[m.pattern().as_usize()]);
+                last = m.end();
+                total += 1;
+            }
+            out.extend_from_slice(&hay[last..]);
+            // HeaderName lowercases; a name that is invalid (or, pathologically, still holds
+            // a value) is dropped with its values.
+            let Ok(renamed) = HeaderName::from_bytes(&out) else {
+                continue;
+            };
+            if self.values_nocase.is_match(renamed.as_str()) {
+                continue;
+            }
+            for v in values {
+                headers.append(&renamed, v);
             }
         }
         total

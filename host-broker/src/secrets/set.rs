@@ -43,6 +43,9 @@ pub struct CredentialSet {
     pub(crate) placeholder_owner: Vec<usize>,
     /// One automaton over every real value form, shared with body scrubbers.
     pub(crate) values: Arc<AhoCorasick>,
+    /// The same patterns, ASCII case-insensitive: header names arrive lowercased (HTTP/2,
+    /// and hyper's HeaderName), so a real value used as a name is found in any letter case.
+    pub(crate) values_nocase: AhoCorasick,
     /// Replacement (placeholder in the same encoding) for each value pattern.
     pub(crate) value_replacements: Arc<[Vec<u8>]>,
     pub(crate) max_value_pattern_len: usize,
@@ -231,11 +234,17 @@ impl CredentialSet {
             .match_kind(MatchKind::LeftmostLongest)
             .build(value_patterns.iter().map(|p| p.as_slice()))
             .map_err(automaton_err)?;
+        let values_nocase = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .ascii_case_insensitive(true)
+            .build(value_patterns.iter().map(|p| p.as_slice()))
+            .map_err(automaton_err)?;
         Ok(CredentialSet {
             creds,
             placeholders,
             placeholder_owner,
             values: Arc::new(values),
+            values_nocase,
             value_replacements: replacements.into(),
             max_value_pattern_len,
             value_patterns: value_patterns.into(),

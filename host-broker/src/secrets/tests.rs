@@ -627,3 +627,44 @@ fn bench_substitution_1_vs_100_credentials() {
         );
     }
 }
+
+#[test]
+fn scrubs_response_header_names_in_any_case_and_drops_what_cannot_be_renamed() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let s = set("");
+    let mut h = HeaderMap::new();
+    let name = |n: &str| http::HeaderName::from_bytes(n.as_bytes()).unwrap();
+    // HeaderName lowercases: the guest would get the value in lower case.
+    h.append(
+        name(&CANARY.to_ascii_uppercase()),
+        HeaderValue::from_static("a"),
+    );
+    h.append(name(&format!("x-{CANARY}")), HeaderValue::from_static("b"));
+    h.append(name(&format!("x-{CANARY}")), HeaderValue::from_static("c"));
+    h.append(
+        name(&URL_SAFE_NO_PAD.encode(OTHER)),
+        HeaderValue::from_static("d"),
+    );
+    h.append("x-clean", HeaderValue::from_static("e"));
+    assert_eq!(s.scrub_response_headers(&mut h), 3); // one per distinct name
+    let names: Vec<String> = h.keys().map(|n| n.as_str().to_owned()).collect();
+    for n in &names {
+        assert!(!n.contains(CANARY) && !n.contains(OTHER), "{n}");
+        assert!(!n.contains(&URL_SAFE_NO_PAD.encode(OTHER).to_ascii_lowercase()));
+    }
+    assert_eq!(h["mock-openai_api_key"], "a");
+    let x: Vec<_> = h.get_all("x-mock-openai_api_key").iter().collect();
+    assert_eq!(x, ["b", "c"]);
+    // The base64 name's placeholder form is padded base64 (`=`): no valid name, dropped.
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(h["x-clean"], "e");
+
+    // A placeholder that is no valid header name: the header goes, values included.
+    let s = set(r#", "placeholder": "ph/OPENAI{key}""#);
+    let mut h = HeaderMap::new();
+    h.append(name(&format!("x-{CANARY}")), HeaderValue::from_static("b"));
+    h.append("x-clean", HeaderValue::from_static("e"));
+    assert_eq!(s.scrub_response_headers(&mut h), 1);
+    assert_eq!(h.len(), 1);
+    assert_eq!(h["x-clean"], "e");
+}
