@@ -30,9 +30,13 @@ const CHUNK_HEADER_LEN: usize = 5;
 #[derive(Debug)]
 pub struct TunnelStream<S> {
     inner: S,
-    /// Raw bytes read from `inner` and not yet consumed.
+    /// Read buffer: `rbuf[rpos..rend]` are raw bytes read from `inner` and not yet consumed;
+    /// `rbuf[rend..]` is spare room, zeroed once when the buffer grows and reused by every
+    /// read after (no memset per read). The consumed prefix is dropped before each fill, so
+    /// the buffer never outgrows one read plus a partial chunk header.
     rbuf: Vec<u8>,
     rpos: usize,
+    rend: usize,
     /// Payload bytes of the current DATA chunk not yet handed to the reader.
     r_remaining: usize,
     r_eof: bool,
@@ -52,6 +56,7 @@ impl<S> TunnelStream<S> {
     pub fn with_buffered(inner: S, already_read: Vec<u8>) -> Self {
         TunnelStream {
             inner,
+            rend: already_read.len(),
             rbuf: already_read,
             rpos: 0,
             r_remaining: 0,
@@ -73,15 +78,21 @@ impl<S> TunnelStream<S> {
     }
 
     fn buffered(&self) -> &[u8] {
-        &self.rbuf[self.rpos..]
+        &self.rbuf[self.rpos..self.rend]
     }
 
     fn consume(&mut self, n: usize) {
         self.rpos += n;
-        if self.rpos == self.rbuf.len() {
-            self.rbuf.clear();
+        if self.rpos == self.rend {
             self.rpos = 0;
+            self.rend = 0;
         }
+    }
+
+    /// Bytes the read buffer holds allocated (tests: it stays bounded).
+    #[cfg(test)]
+    fn read_buffer_len(&self) -> usize {
+        self.rbuf.capacity()
     }
 }
 
@@ -92,17 +103,23 @@ fn invalid(msg: &'static str) -> io::Error {
 impl<S: AsyncRead + Unpin> TunnelStream<S> {
     /// Reads more raw bytes from the transport into `rbuf`; `Ok(false)` on transport EOF.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        if self.rpos > 0 && self.rpos == self.rbuf.len() {
-            self.rbuf.clear();
+        // Drop the consumed prefix: what is left is at most a partial chunk header (a fill
+        // is only needed when the buffered bytes cannot make progress), so this moves a few
+        // bytes, and a peer whose writes always end inside a header cannot grow the buffer.
+        if self.rpos > 0 {
+            self.rbuf.copy_within(self.rpos..self.rend, 0);
+            self.rend -= self.rpos;
             self.rpos = 0;
         }
-        let start = self.rbuf.len();
-        self.rbuf.resize(start + MAX_CHUNK + CHUNK_HEADER_LEN, 0);
-        let mut rb = ReadBuf::new(&mut self.rbuf[start..]);
-        let res = Pin::new(&mut self.inner).poll_read(cx, &mut rb);
+        let want = self.rend + MAX_CHUNK + CHUNK_HEADER_LEN;
+        if self.rbuf.len() < want {
+            // Only the growth is zeroed, and only once: later reads reuse it.
+            self.rbuf.resize(want, 0);
+        }
+        let mut rb = ReadBuf::new(&mut self.rbuf[self.rend..]);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
         let n = rb.filled().len();
-        self.rbuf.truncate(start + n);
-        ready!(res)?;
+        self.rend += n;
         Poll::Ready(Ok(n > 0))
     }
 }
@@ -269,6 +286,75 @@ mod tests {
             let err = s.read_to_end(&mut Vec::new()).await.unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{raw:?}");
         }
+    }
+
+    /// Delivers `data` in pieces ending at `cuts` (one read never crosses a cut).
+    struct Pieces {
+        data: Vec<u8>,
+        pos: usize,
+        cuts: std::collections::VecDeque<usize>,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = &mut *self;
+            while this.cuts.front().is_some_and(|&c| c <= this.pos) {
+                this.cuts.pop_front();
+            }
+            let end = this.cuts.front().copied().unwrap_or(this.data.len());
+            let n = (end - this.pos).min(buf.remaining());
+            buf.put_slice(&this.data[this.pos..this.pos + n]);
+            this.pos += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_ending_inside_chunk_headers_keep_the_buffer_bounded() {
+        // 12 MiB in 1000-byte chunks; every transport read ends 2 bytes into the next
+        // chunk's header, so the buffer is never fully drained.
+        const CHUNKS: usize = 12 * 1024;
+        const PAYLOAD: usize = 1024;
+        let mut data = Vec::with_capacity(CHUNKS * (PAYLOAD + CHUNK_HEADER_LEN) + 5);
+        let mut cuts = std::collections::VecDeque::new();
+        for i in 0..CHUNKS {
+            data.push(TAG_DATA);
+            data.extend_from_slice(&(PAYLOAD as u32).to_be_bytes());
+            data.extend((0..PAYLOAD).map(|j| (i + j) as u8));
+            cuts.push_back(data.len() + 2);
+        }
+        data.extend_from_slice(&[TAG_EOF, 0, 0, 0, 0]);
+        let mut s = TunnelStream::new(Pieces { data, pos: 0, cuts });
+        let mut total = 0usize;
+        let mut peak = 0usize;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            peak = peak.max(s.read_buffer_len());
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        assert_eq!(total, CHUNKS * PAYLOAD);
+        assert!(
+            peak <= 2 * (MAX_CHUNK + CHUNK_HEADER_LEN),
+            "read buffer grew to {peak} bytes after {total} bytes read"
+        );
+    }
+
+    #[tokio::test]
+    async fn wire_format_is_unchanged() {
+        let mut out = Vec::new();
+        let mut w = TunnelStream::new(&mut out);
+        w.write_all(b"hi").await.unwrap();
+        w.shutdown().await.unwrap();
+        drop(w);
+        assert_eq!(out, [0u8, 0, 0, 0, 2, b'h', b'i', 1, 0, 0, 0, 0]);
     }
 
     #[tokio::test]
