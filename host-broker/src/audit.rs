@@ -69,6 +69,27 @@ pub fn path_only(target: &str) -> String {
     }
 }
 
+/// Longest guest- or upstream-supplied text written into one log field (in characters).
+pub(crate) const LOG_TEXT_MAX: usize = 256;
+
+/// Displays a guest- or upstream-supplied string for a log line: control characters
+/// (newlines, ANSI escapes), backslashes, quotes and invisible format characters escaped
+/// as `char::escape_debug` does, and cut after [`LOG_TEXT_MAX`] characters. A guest cannot
+/// start a forged log line or recolour the terminal through it, in any log format.
+pub(crate) struct Untrusted<'a>(pub &'a str);
+
+impl std::fmt::Display for Untrusted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (n, (i, c)) in self.0.char_indices().enumerate() {
+            if n == LOG_TEXT_MAX {
+                return write!(f, "...(+{} bytes)", self.0.len() - i);
+            }
+            write!(f, "{}", c.escape_debug())?;
+        }
+        Ok(())
+    }
+}
+
 /// Emits the record as a tracing event and a broker event, and counts it.
 pub fn emit(events: &EventSink, rec: AuditRecord) {
     emit_timed(events, rec, None)
@@ -79,9 +100,9 @@ fn emit_timed(events: &EventSink, rec: AuditRecord, duration: Option<Duration>) 
     tracing::info!(
         target: "sluice::audit",
         vm = %rec.vm,
-        host = %rec.host,
-        method = %rec.method,
-        path = %rec.path,
+        host = %Untrusted(&rec.host),
+        method = %Untrusted(&rec.method),
+        path = %Untrusted(&rec.path),
         credentials = ?rec.credentials,
         verdict = %rec.verdict,
         status = rec.status,
@@ -129,6 +150,22 @@ impl Drop for PendingAudit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn untrusted_text_cannot_break_a_log_line() {
+        let forged = "1.0\n2026-01-01T00:00:00Z ERROR forged\r\u{1b}[31mred\u{202e}\\";
+        let shown = Untrusted(forged).to_string();
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+        assert_eq!(
+            shown,
+            "1.0\\n2026-01-01T00:00:00Z ERROR forged\\r\\u{1b}[31mred\\u{202e}\\\\"
+        );
+        assert_eq!(Untrusted("agent 0.1.0").to_string(), "agent 0.1.0");
+        let long = "é".repeat(LOG_TEXT_MAX + 10);
+        let shown = Untrusted(&long).to_string();
+        assert!(shown.starts_with(&"é".repeat(LOG_TEXT_MAX)));
+        assert!(shown.ends_with("...(+20 bytes)"), "{shown}");
+    }
 
     #[test]
     fn query_is_dropped() {

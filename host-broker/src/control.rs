@@ -8,6 +8,7 @@ use shared_proto::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::audit::Untrusted;
 use crate::state::{Shared, VmState};
 use crate::BrokerEvent;
 
@@ -41,14 +42,14 @@ where
                 return;
             }
             Err(e) => {
-                tracing::warn!(reason = %e, "closing control stream");
+                tracing::warn!(reason = %Untrusted(&e.to_string()), "closing control stream");
                 return;
             }
         };
         let reply = match msg {
             AgentMessage::Hello(hello) => {
                 tracing::info!(
-                    agent_version = %hello.agent_version,
+                    agent_version = %Untrusted(&hello.agent_version),
                     boot_mode = ?hello.boot_mode,
                     "agent hello"
                 );
@@ -77,7 +78,7 @@ where
                 BrokerMessage::Ack
             }
             AgentMessage::Failed { reason } => {
-                tracing::warn!(%reason, "agent reported a failure");
+                tracing::warn!(reason = %Untrusted(&reason), "agent reported a failure");
                 let _ = shared.events.send(BrokerEvent::AgentFailed {
                     vm: vm.id.clone(),
                     reason,
@@ -86,7 +87,7 @@ where
             }
         };
         if let Err(e) = write_message(&mut io, &reply).await {
-            tracing::warn!(reason = %e, "control stream write failed");
+            tracing::warn!(reason = %Untrusted(&e.to_string()), "control stream write failed");
             return;
         }
     }
