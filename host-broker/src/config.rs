@@ -100,9 +100,11 @@ impl ServeConfig {
 
     /// Parses `text` (named `path` in errors), resolving relative paths against `base`.
     pub fn from_toml_str(text: &str, path: &Path, base: &Path) -> Result<ServeConfig, ConfigError> {
+        // Never `e.to_string()`: toml's Display quotes the offending source line, which can
+        // be an inline credential value of a [vms.policy] table.
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: crate::policy::toml_message(text, &e),
         })?;
         let field = |field: String, message: &str| ConfigError::Field {
             path: path.to_path_buf(),
@@ -211,6 +213,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn toml_syntax_errors_never_quote_the_offending_line() {
+        const CANARY: &str = "CANARY-5c1e-inline-secret";
+        for bad in [
+            // Unterminated string, bare garbage after a value, a broken table header.
+            format!("state_dir = \"/s\"\n[[vms]]\nid = \"a\"\n[vms.policy.credentials.K.source]\nvalue = \"{CANARY}\n"),
+            format!("state_dir = \"/s\"\n[[vms]]\nid = \"a\"\n[vms.policy.credentials.K.source]\nvalue = \"{CANARY}\" x\n"),
+            format!("state_dir = \"/s\"\n[vms.policy {CANARY}\n"),
+        ] {
+            let e = parse(&bad).unwrap_err().to_string();
+            assert!(!e.contains(CANARY), "the offending line was printed");
+            assert!(e.starts_with("t.toml: "), "{e}");
+            assert!(e.contains(" at line "), "{e}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod summary;
 mod validate;
 
 pub use error::{Denial, PolicyError};
+pub(crate) use parse::toml_message;
 pub use host_pattern::{normalize_host, parse_ip_literal, HostPattern};
 pub use ip_class::{classify_private, PrivateClass};
 pub use model::{

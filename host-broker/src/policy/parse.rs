@@ -73,8 +73,9 @@ fn path_or_root(p: String) -> String {
 }
 
 /// The TOML error message with its position, but without the source snippet that
-/// `toml::de::Error`'s Display adds: that line could hold an inline secret value.
-fn toml_message(src: &str, e: &toml::de::Error) -> String {
+/// `toml::de::Error`'s Display adds: that line could hold an inline secret value. Also used
+/// for the serve config (`crate::config`), which can hold inline policies.
+pub(crate) fn toml_message(src: &str, e: &toml::de::Error) -> String {
     match e.span() {
         Some(span) => {
             let before = &src[..span.start.min(src.len())];
