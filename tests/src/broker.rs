@@ -3,7 +3,8 @@
 //! Policy (see [`test_policy_json`]): egress default deny; `api.example.com` and
 //! `other.example.com` on 443 allowed and resolved to the loopback upstream, whose exact
 //! address is allowed by an explicit CIDR rule (private networks stay denied otherwise);
-//! `denied.example.com` denied; credential `API_KEY` (placeholder `mock-API_KEY`) only for
+//! `denied.example.com` denied; `db.example.com` on raw TCP port 5432 resolved to the
+//! upstream's echo service; credential `API_KEY` (placeholder `mock-API_KEY`) only for
 //! `api.example.com`, its real value a fresh random canary per test.
 
 use std::collections::hash_map::RandomState;
@@ -21,6 +22,8 @@ use crate::error::HarnessError;
 /// Credential name and placeholder used by every test.
 pub const CREDENTIAL: &str = "API_KEY";
 pub const PLACEHOLDER: &str = "mock-API_KEY";
+/// The raw TCP port of `db.example.com` (relayed as bytes, not intercepted).
+pub const RAW_PORT: u16 = 5432;
 /// The vsock port the broker listens on (the agent's default).
 pub const VSOCK_PORT: u32 = shared_proto::DEFAULT_VSOCK_PORT;
 
@@ -43,18 +46,20 @@ pub fn canary() -> String {
 }
 
 /// The test policy as JSON, for an upstream at `upstream` and the real value `canary`.
-pub fn test_policy_json(upstream: SocketAddr, canary: &str) -> String {
+pub fn test_policy_json(upstream: SocketAddr, echo: SocketAddr, canary: &str) -> String {
     serde_json::json!({
         "egress": {
             "default": "deny",
             "allow": [
                 {"hosts": ["api.example.com", "other.example.com"], "ports": [443]},
+                {"hosts": ["db.example.com"], "ports": [RAW_PORT]},
                 // Ports in rules are the requested port (443), not the override's.
-                {"cidrs": [format!("{}/32", upstream.ip())], "ports": [443]}
+                {"cidrs": [format!("{}/32", upstream.ip())], "ports": [443, RAW_PORT]}
             ],
             "deny": [{"hosts": ["denied.example.com"]}],
             "private_networks": "deny"
         },
+        "raw_tcp_ports": [RAW_PORT],
         "credentials": {
             CREDENTIAL: {
                 "source": {"value": canary},
@@ -64,7 +69,8 @@ pub fn test_policy_json(upstream: SocketAddr, canary: &str) -> String {
         },
         "resolve": {
             "api.example.com": upstream.to_string(),
-            "other.example.com": upstream.to_string()
+            "other.example.com": upstream.to_string(),
+            "db.example.com": echo.to_string()
         }
     })
     .to_string()
@@ -84,6 +90,7 @@ impl TestBroker {
         vm_id: &str,
         vsock_uds: &Path,
         upstream: SocketAddr,
+        echo: SocketAddr,
         upstream_ca: &Path,
         canary: &str,
     ) -> Result<TestBroker, HarnessError> {
@@ -97,7 +104,7 @@ impl TestBroker {
         .map_err(|e| HarnessError::Build(format!("starting the broker: {e}")))?;
         let events = broker.subscribe();
         let policy =
-            host_broker::policy::Policy::from_json_str(&test_policy_json(upstream, canary))
+            host_broker::policy::Policy::from_json_str(&test_policy_json(upstream, echo, canary))
                 .map_err(|e| HarnessError::Build(format!("test policy: {e}")))?;
         broker
             .register_vm(VmSpec {

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use crate::artifacts::Artifacts;
 use crate::error::HarnessError;
 
-/// Modules every test VM needs; the builder adds their dependencies in load order.
-pub const BASE_MODULES: &[&str] = &["vmw_vsock_virtio_transport", "virtio_pci"];
+/// Modules every test VM needs; the builder adds their dependencies in load order. `tun`
+/// carries the agent's transparent capture device.
+pub const BASE_MODULES: &[&str] = &["vmw_vsock_virtio_transport", "virtio_pci", "tun"];
 /// Extra modules for a virtio-blk ext4 root.
 pub const ROOT_MODULES: &[&str] = &["virtio_blk", "ext4"];
 

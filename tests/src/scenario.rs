@@ -61,6 +61,7 @@ impl Scenario {
                     &spec.name,
                     &dir.vsock_uds(),
                     upstream.addr(),
+                    upstream.echo_addr(),
                     upstream.ca_pem_path(),
                     &canary,
                 )

@@ -69,6 +69,9 @@ struct Log {
 #[derive(Debug)]
 pub struct Upstream {
     addr: SocketAddr,
+    /// A plain TCP echo service (a stand-in for a raw-TCP upstream such as a database).
+    echo_addr: SocketAddr,
+    echo_task: tokio::task::JoinHandle<()>,
     ca_pem_path: PathBuf,
     _dir: tempfile::TempDir,
     log: Arc<Mutex<Log>>,
@@ -79,6 +82,17 @@ pub struct Upstream {
 impl Drop for Upstream {
     fn drop(&mut self) {
         self.task.abort();
+        self.echo_task.abort();
+    }
+}
+
+/// Echoes every byte back on each connection.
+async fn echo_loop(listener: TcpListener) {
+    while let Ok((mut s, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        });
     }
 }
 
@@ -135,9 +149,18 @@ impl Upstream {
         let (tx, rx) = watch::channel(0usize);
         let tx = Arc::new(tx);
         let task = tokio::spawn(accept_loop(listener, acceptor, log.clone(), tx));
-        tracing::info!(%addr, "test upstream listening");
+        let echo = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| HarnessError::file("127.0.0.1:0", e))?;
+        let echo_addr = echo
+            .local_addr()
+            .map_err(|e| HarnessError::file("echo socket", e))?;
+        let echo_task = tokio::spawn(echo_loop(echo));
+        tracing::info!(%addr, %echo_addr, "test upstream listening");
         Ok(Upstream {
             addr,
+            echo_addr,
+            echo_task,
             ca_pem_path,
             _dir: dir,
             log,
@@ -149,6 +172,11 @@ impl Upstream {
     /// Loopback address to put in the policy's `resolve` overrides.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the TCP echo service listens.
+    pub fn echo_addr(&self) -> SocketAddr {
+        self.echo_addr
     }
 
     /// PEM file of the upstream's CA, for the broker's extra roots.

@@ -30,6 +30,26 @@ fn assert_no_leak(s: &Scenario) {
     );
 }
 
+/// The guest has no network device: every interface is virtual (`lo`, the agent's `sluice0`).
+fn assert_no_nic(lines: &[&str]) {
+    let ifaces = lines
+        .iter()
+        .find(|l| l.contains("workload: ifaces="))
+        .expect("ifaces line");
+    let names: Vec<&str> = ifaces
+        .split("ifaces=")
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(names, ["lo", "sluice0"], "{ifaces}");
+    let nics = lines
+        .iter()
+        .find(|l| l.contains("workload: nics="))
+        .expect("nics line");
+    assert!(nics.trim_end().ends_with("nics=[]"), "{nics}");
+}
+
 fn bearer(s: &Scenario) -> String {
     format!("Bearer {}", s.canary)
 }
@@ -162,11 +182,24 @@ async fn systemd_mode_oneshot_unit_curl() -> anyhow::Result<()> {
         curl.contains("curl-exit=0 out=upstream-ok /v1/systemd"),
         "{curl}"
     );
-    let req = s
-        .upstream
-        .wait_for_path("/v1/systemd", Duration::from_secs(5))
-        .await?;
-    assert_eq!(req.header("authorization"), Some(bearer(&s).as_str()));
+    let envi =
+        s.vm.wait_for_console("workload: envi-curl-exit=", SYSTEMD_RUN)
+            .await?;
+    assert!(
+        envi.contains("envi-curl-exit=0 out=upstream-ok /v1/systemd-envi"),
+        "transparent capture in systemd mode: {envi}"
+    );
+    for path in ["/v1/systemd", "/v1/systemd-envi"] {
+        let req = s
+            .upstream
+            .wait_for_path(path, Duration::from_secs(5))
+            .await?;
+        assert_eq!(
+            req.header("authorization"),
+            Some(bearer(&s).as_str()),
+            "{path}"
+        );
+    }
     // The unit powers the VM off; systemd (not the agent) is PID 1 by then.
     s.wait_exit(SYSTEMD_RUN).await?;
     assert_no_leak(&s);
@@ -196,19 +229,22 @@ async fn containment_no_nic_no_direct_egress_denials_visible_no_leak() -> anyhow
     let console = s.console();
     let lines: Vec<&str> = console.lines().collect();
 
-    // Only loopback inside the guest.
-    let ifaces = lines
-        .iter()
-        .find(|l| l.contains("workload: ifaces="))
-        .expect("ifaces line");
-    assert!(ifaces.trim_end().ends_with("ifaces=lo"), "{ifaces}");
-    // Direct TCP connects to IPs fail.
+    // No NIC inside the guest: loopback and the agent's capture device, neither backed by
+    // a device.
+    assert_no_nic(&lines);
+    // Direct TCP connects to IPs are captured and refused by the broker: closed without a
+    // byte, never connected anywhere.
     let direct: Vec<&&str> = lines
         .iter()
         .filter(|l| l.contains("workload: direct "))
         .collect();
     assert_eq!(direct.len(), 3, "{direct:?}");
-    assert!(direct.iter().all(|l| l.contains(" failed: ")), "{direct:?}");
+    assert!(
+        direct
+            .iter()
+            .all(|l| l.contains(" closed=b''") || l.contains(" failed: ")),
+        "{direct:?}"
+    );
 
     // A denied host: the broker's refusal and reason reach the client.
     let has = |prefix: &str, needle: &str| {
@@ -255,6 +291,14 @@ async fn containment_no_nic_no_direct_egress_denials_visible_no_leak() -> anyhow
             .any(|r| r.host == "denied.example.com" && r.verdict == "denied" && r.status == 403),
         "audit: denied host: {audit:?}"
     );
+    for ip in ["1.1.1.1", "10.0.2.2", "169.254.169.254"] {
+        assert!(
+            audit
+                .iter()
+                .any(|r| r.host == ip && r.method == "TCP" && r.verdict == "denied"),
+            "audit: direct connect to {ip} refused by the broker: {audit:?}"
+        );
+    }
     assert!(
         audit.iter().any(|r| r.host == "other.example.com"
             && r.path == "/v1/wrong-host"
@@ -280,6 +324,125 @@ async fn containment_no_nic_no_direct_egress_denials_visible_no_leak() -> anyhow
             &format!("x-echo-authorization: Bearer {PLACEHOLDER}")
         ),
         "echoed real value is scrubbed back to the placeholder"
+    );
+    assert_no_leak(&s);
+    s.passed();
+    env.completed();
+    Ok(())
+}
+
+#[tokio::test]
+async fn transparent_capture_node_env_i_dns_raw_tcp_and_refusals() -> anyhow::Result<()> {
+    let Some(env) = vm_test("transparent_capture_node_env_i_dns_raw_tcp_and_refusals").await else {
+        return Ok(());
+    };
+    let spec = ScenarioSpec {
+        name: "transparent".into(),
+        initrd: InitrdSpec::new().file(guest_file("transparent.sh"), "/sluice/workload.sh", 0o755),
+        cmdline: "sluice.mode=exec sluice.exec=/run/sluice/workload.sh".into(),
+        debian_root: true,
+        broker: true,
+        memory_mib: 768,
+    };
+    let mut s = Scenario::boot(&env.platform, &env.artifacts, spec).await?;
+    s.vm.wait_for_console("workload: done", DEBIAN_RUN).await?;
+    let exit = s.wait_exit(DEBIAN_RUN).await?;
+    assert_eq!(exit.agent_status, Some(0));
+    let console = s.console();
+    let lines: Vec<&str> = console.lines().collect();
+    let line = |prefix: &str| -> String {
+        lines
+            .iter()
+            .find(|l| l.contains(&format!("workload: {prefix}")))
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| panic!("no `{prefix}` line on the console"))
+    };
+    assert_no_nic(&lines);
+    assert!(line("resolv=").contains("nameserver 127.0.0.1"));
+    // DNS: allowed names get a synthetic address, denied ones NXDOMAIN (getent exit 2).
+    let api = line("getent-api=");
+    assert!(
+        api.contains("getent-api=0 198.18.") || api.contains("getent-api=0 fd53:1ce0::"),
+        "a synthetic address (IPv4 or IPv6): {api}"
+    );
+    let denied = line("getent-denied=");
+    assert!(denied.trim_end().ends_with("getent-denied=2"), "{denied}");
+    // Clients with no proxy or CA variables at all, certificate verification on.
+    for (prefix, want) in [
+        ("envi-curl=", "envi-curl=0 out=upstream-ok /v1/envi-curl"),
+        (
+            "envi-urllib ",
+            "envi-urllib status=200 out=upstream-ok /v1/envi-urllib",
+        ),
+        (
+            "node-https ",
+            "node-https status=200 out=upstream-ok /v1/node-https",
+        ),
+        (
+            "node-fetch ",
+            "node-fetch status=200 out=upstream-ok /v1/node-fetch",
+        ),
+    ] {
+        let l = line(prefix);
+        assert!(l.contains(want), "{l}");
+    }
+    for path in [
+        "/v1/envi-curl",
+        "/v1/envi-urllib",
+        "/v1/node-https",
+        "/v1/node-fetch",
+    ] {
+        let req = s
+            .upstream
+            .wait_for_path(path, Duration::from_secs(5))
+            .await?;
+        assert_eq!(
+            req.header("authorization"),
+            Some(bearer(&s).as_str()),
+            "{path}: the upstream must receive the real value"
+        );
+        assert_eq!(req.sni.as_deref(), Some("api.example.com"), "{path}");
+    }
+    // Raw TCP both ways; refused destinations close at once (no hang, nothing received).
+    assert!(
+        line("raw=").contains("raw=b'ping-raw\\n'"),
+        "{}",
+        line("raw=")
+    );
+    for name in ["denied-port ", "metadata ", "v6-literal "] {
+        let l = line(name);
+        assert!(l.contains("closed=b''"), "{l}");
+        let secs: f64 = l
+            .rsplit("after=")
+            .next()
+            .and_then(|t| t.trim_end().trim_end_matches('s').parse().ok())
+            .unwrap_or(f64::MAX);
+        assert!(
+            secs < 25.0,
+            "refusal must not wait for the client's timeout: {l}"
+        );
+    }
+    assert!(line("udp=").contains("udp=no-reply"), "{}", line("udp="));
+    // Every decision is in the broker's audit trail.
+    let audit = s.audit_records();
+    let has = |host: &str, method: &str, verdict: &str| {
+        audit
+            .iter()
+            .any(|r| r.host == host && r.method == method && r.verdict == verdict)
+    };
+    assert!(has("api.example.com", "DNS", "resolved"), "{audit:?}");
+    assert!(has("denied.example.com", "DNS", "denied"), "{audit:?}");
+    assert!(has("api.example.com", "TCP", "intercepted"), "{audit:?}");
+    assert!(
+        has("api.example.com", "TCP", "denied"),
+        "port 5433: {audit:?}"
+    );
+    assert!(has("169.254.169.254", "TCP", "denied"), "{audit:?}");
+    assert!(has("2001:db8::1", "TCP", "denied"), "{audit:?}");
+    assert!(has("db.example.com", "TCP", "relayed"), "{audit:?}");
+    assert!(
+        audit.iter().all(|r| !r.host.contains("203.0.113.7")),
+        "UDP never reaches the broker: {audit:?}"
     );
     assert_no_leak(&s);
     s.passed();
