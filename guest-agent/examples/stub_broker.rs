@@ -78,5 +78,10 @@ async fn serve(mut s: UnixStream, ca: String) -> anyhow::Result<()> {
                 t.write_all(&buf[..n]).await?;
             }
         }
+        other => {
+            // The stub serves the explicit proxy only; captured TCP and DNS need the real broker.
+            eprintln!("stub: refusing {other:?}");
+            Ok(())
+        }
     }
 }
