@@ -80,13 +80,17 @@ pub fn compose(
         "SSL_CERT_DIR",
         trust.cert_dir.to_string_lossy().into_owned(),
     );
-    // The JVM ignores *_PROXY; it needs system properties.
+    // The JVM ignores *_PROXY and PEM bundles; it needs system properties and a JKS store
+    // (the default stores hold the CA too, for JVMs started without this variable).
     set(
         "JAVA_TOOL_OPTIONS",
         format!(
             "-Dhttp.proxyHost=127.0.0.1 -Dhttp.proxyPort={proxy_port} \
              -Dhttps.proxyHost=127.0.0.1 -Dhttps.proxyPort={proxy_port} \
-             -Dhttp.nonProxyHosts=localhost|127.0.0.1|[::1]"
+             -Dhttp.nonProxyHosts=localhost|127.0.0.1|[::1] \
+             -Djavax.net.ssl.trustStore={} -Djavax.net.ssl.trustStorePassword={}",
+            trust.java_store.display(),
+            crate::trust::JAVA_STORE_PASSWORD,
         ),
     );
 
@@ -162,8 +166,12 @@ mod tests {
             bundle: "/etc/sluice/ca-bundle.pem".into(),
             cert_dir: "/etc/ssl/certs".into(),
             ca_file: "/etc/sluice/sluice-ca.pem".into(),
+            java_store: "/etc/sluice/java-cacerts.jks".into(),
             distro_bundles: vec![],
+            java_stores: vec![],
+            certifi_bundles: vec![],
             hash_links: vec![],
+            overlaid: vec![],
         }
     }
 
@@ -212,7 +220,15 @@ mod tests {
         }
         assert_eq!(env["SSL_CERT_DIR"], "/etc/ssl/certs");
         assert_eq!(env["NODE_EXTRA_CA_CERTS"], "/etc/sluice/sluice-ca.pem");
-        assert!(env["JAVA_TOOL_OPTIONS"].contains("-Dhttps.proxyPort=3129"));
+        let java = &env["JAVA_TOOL_OPTIONS"];
+        assert!(java.contains("-Dhttps.proxyPort=3129"), "{java}");
+        assert!(
+            java.contains(
+                "-Djavax.net.ssl.trustStore=/etc/sluice/java-cacerts.jks \
+                 -Djavax.net.ssl.trustStorePassword=changeit"
+            ),
+            "{java}"
+        );
         assert_eq!(env["OPENAI_API_KEY"], "mock-OPENAI_API_KEY");
         assert_eq!(env["LOG_LEVEL"], "debug");
     }
