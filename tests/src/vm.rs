@@ -307,7 +307,9 @@ fn start_ch(
         // Cloud Hypervisor has no snapshot mode: boot a private copy so the cache stays clean.
         let copy = dir.path().join("root.img");
         std::fs::copy(disk, &copy).map_err(|e| HarnessError::file(disk, e))?;
-        cmd.arg("--disk").arg(format!("path={}", copy.display()));
+        // image_type=raw: CH v54 deprecates auto-detection (and then refuses sector-0 writes).
+        cmd.arg("--disk")
+            .arg(format!("path={},image_type=raw", copy.display()));
     }
     spawn_vmm(cmd, &platform.vmm)
 }
