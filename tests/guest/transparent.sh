@@ -41,6 +41,20 @@ for name, host, port in [("denied-port", "api.example.com", 5433),
         line("%s closed=%r after=%.1fs" % (name, d, time.time() - t))
     except OSError as e:
         line("%s error=%s after=%.1fs" % (name, e, time.time() - t))
+# DNS to a server address that is not in resolv.conf is answered by the agent too.
+def dns_query(name, server):
+    q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00\x00\x01\x00\x01"
+    d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    d.settimeout(10)
+    d.sendto(q, (server, 53))
+    r, peer = d.recvfrom(512)
+    return "rcode=%d answers=%d from=%s" % (r[3] & 15, int.from_bytes(r[6:8], "big"), peer[0])
+for name in ["api.example.com", "denied.example.com"]:
+    try:
+        line("udp-dns %s %s" % (name, dns_query(name, "192.0.2.53")))
+    except OSError as e:
+        line("udp-dns %s error=%s" % (name, e))
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 u.settimeout(2)
 try:

@@ -423,6 +423,11 @@ async fn transparent_capture_node_env_i_dns_raw_tcp_and_refusals() -> anyhow::Re
         );
     }
     assert!(line("udp=").contains("udp=no-reply"), "{}", line("udp="));
+    // DNS to an address not in resolv.conf is answered by the agent, from that address.
+    let ok = line("udp-dns api.example.com ");
+    assert!(ok.contains("rcode=0 answers=1 from=192.0.2.53"), "{ok}");
+    let nx = line("udp-dns denied.example.com ");
+    assert!(nx.contains("rcode=3 answers=0 from=192.0.2.53"), "{nx}");
     // Every decision is in the broker's audit trail.
     let audit = s.audit_records();
     let has = |host: &str, method: &str, verdict: &str| {
