@@ -782,3 +782,19 @@ fn read_only_child() {
     assert!(again.overlaid.is_empty(), "{again:?}");
     println!("read-only child: ok");
 }
+
+/// The host's own Debian `cacerts` (when there is one) reads and writes back byte for byte.
+#[test]
+fn host_java_cacerts_round_trips_byte_for_byte() {
+    let Ok(data) = std::fs::read("/etc/ssl/certs/java/cacerts") else {
+        eprintln!("SKIPPED: no /etc/ssl/certs/java/cacerts on this host");
+        return;
+    };
+    if !trust::jks::is_jks(&data) {
+        eprintln!("SKIPPED: the host's cacerts is not JKS");
+        return;
+    }
+    let ks = trust::jks::Keystore::parse(&data, "changeit").unwrap();
+    assert!(ks.len() > 50, "{} entries", ks.len());
+    assert_eq!(ks.to_bytes("changeit"), data);
+}
