@@ -25,6 +25,8 @@ pub(crate) struct VmState {
     pub closed: tokio::sync::watch::Receiver<bool>,
     /// Proxy streams open right now (shared by every version; per-VM connection limit).
     pub open_streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// Control streams open right now (shared by every version; `control::MAX_CONTROL_STREAMS`).
+    pub open_control: Arc<std::sync::atomic::AtomicUsize>,
     /// Request-body bytes this VM may hold buffered for inspection at once (shared by every
     /// version; sized from the first policy, see `Policy::body_budget`).
     pub body_budget: Arc<tokio::sync::Semaphore>,
@@ -49,6 +51,7 @@ impl VmState {
             leaves,
             closed,
             open_streams: Arc::default(),
+            open_control: Arc::default(),
             body_budget: Arc::new(tokio::sync::Semaphore::new(budget)),
         }
     }
@@ -64,6 +67,7 @@ impl VmState {
             leaves: self.leaves.clone(),
             closed: self.closed.clone(),
             open_streams: self.open_streams.clone(),
+            open_control: self.open_control.clone(),
             body_budget: self.body_budget.clone(),
         }
     }
