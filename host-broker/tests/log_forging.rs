@@ -80,12 +80,18 @@ async fn guest_strings_cannot_forge_log_lines() {
     assert_eq!(ack, BrokerMessage::Ack);
 
     for (format, logs) in [("text", text.text()), ("json", json.text())] {
-        assert!(logs.contains("agent hello"), "{format}: hello logged:\n{logs}");
+        assert!(
+            logs.contains("agent hello"),
+            "{format}: hello logged:\n{logs}"
+        );
         assert!(
             logs.contains("agent reported a failure"),
             "{format}: failure logged:\n{logs}"
         );
-        assert!(logs.contains("FORGED-LINE"), "{format}: the text is kept, escaped");
+        assert!(
+            logs.contains("FORGED-LINE"),
+            "{format}: the text is kept, escaped"
+        );
         for line in logs.lines() {
             assert!(
                 !line.starts_with("2026-01-01T00:00:00.000000Z"),
