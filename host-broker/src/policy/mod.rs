@@ -18,13 +18,13 @@ mod summary;
 mod validate;
 
 pub use error::{Denial, PolicyError};
-pub(crate) use parse::toml_message;
 pub use host_pattern::{normalize_host, parse_ip_literal, HostPattern};
 pub use ip_class::{classify_private, PrivateClass};
 pub use model::{
     Cidr, CredentialSpec, DefaultAction, EgressPolicy, EgressRule, InjectRule, InterceptMode,
     Location, OnViolation, Policy, PrivateNetworks, SecretSource,
 };
+pub(crate) use parse::toml_message;
 pub use resolve::resolve_target;
 pub use summary::summarize;
 
