@@ -142,18 +142,31 @@ enum PolicyCommand {
     Check { file: PathBuf },
 }
 
-fn init_logging(filter: &str, json: bool) -> anyhow::Result<()> {
+/// Logs (audit lines included) go to stderr through a non-blocking writer: a request never
+/// waits on the terminal or journald. It is not lossy: when its buffer is full, writers wait
+/// rather than drop audit records. Colour only on a terminal. The guard flushes on drop.
+fn init_logging(
+    filter: &str,
+    json: bool,
+) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("--log: bad filter {filter:?}"))?;
+    let ansi = std::io::stderr().is_terminal();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("sluice-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
     if json {
         builder.json().init();
     } else {
         builder.init();
     }
-    Ok(())
+    Ok(guard)
 }
 
 fn main() -> std::process::ExitCode {
@@ -184,7 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { config } => {
-            init_logging(&cli.log, cli.json)?;
+            let _log_guard = init_logging(&cli.log, cli.json)?;
             let cfg = host_broker::config::ServeConfig::from_path(&config)?;
             runtime()?.block_on(cli::serve::serve(cfg))
         }

@@ -162,6 +162,14 @@ async fn register_rotate_stats_metrics_unregister() {
 
     let log = d.log();
     assert!(!log.contains(FIRST) && !log.contains(SECOND), "{log}");
+    assert!(
+        log.contains("sluice::audit"),
+        "audit lines reach stderr through the non-blocking writer: {log}"
+    );
+    assert!(
+        !log.contains('\x1b'),
+        "no ANSI colour when stderr is not a terminal: {log}"
+    );
     d.stop().await;
 }
 
