@@ -97,9 +97,16 @@ async fn malformed_input_gets_400_naming_the_field() {
         )
         .await;
     assert_eq!(st, 400, "{v}");
-    assert!(v["field"].as_str().unwrap().contains("K.hosts"), "{v}");
+    // The path is named once (it was `credentials.credentials.K.hosts`).
+    assert_eq!(v["field"].as_str(), Some("credentials.K.hosts"), "{v}");
     let (_, v) = d.api_json("GET", "/v1/vms/a", None).await;
     assert_eq!(v["credentials"], json!([]));
+    // Removing a credential the VM does not have is an error, not a silent success.
+    let (st, v) = d
+        .api_json("PATCH", "/v1/vms/a/credentials", Some(r#"{"NOPE": null}"#))
+        .await;
+    assert_eq!(st, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("NOPE"), "{v}");
     // Replacing the policy with a bad one names the field relative to the body.
     let (st, v) = d
         .api_json(

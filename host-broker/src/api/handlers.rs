@@ -102,6 +102,9 @@ fn policy_error(prefix: &str, e: &PolicyError) -> ApiError {
         PolicyError::Parse { path, message } | PolicyError::Invalid { path, message } => {
             let field = if path == "(root)" {
                 prefix.to_owned()
+            } else if path == prefix || path.starts_with(&format!("{prefix}.")) {
+                // Validation of a whole policy already names the section.
+                path.clone()
             } else {
                 format!("{prefix}.{path}")
             };
@@ -384,6 +387,12 @@ impl ApiState {
         let mut changes = BTreeMap::new();
         for (name, p) in patch {
             let change = match p {
+                None if !current.credentials.contains_key(&name) => {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("VM {id:?} has no credential {name:?} to remove"),
+                    ))
+                }
                 None => None,
                 Some(p) => Some(merge(&name, current.credentials.get(&name), p)?),
             };
