@@ -28,8 +28,10 @@ pub(crate) struct VmState {
     /// Control streams open right now (shared by every version; `control::MAX_CONTROL_STREAMS`).
     pub open_control: Arc<std::sync::atomic::AtomicUsize>,
     /// Request-body bytes this VM may hold buffered for inspection at once (shared by every
-    /// version; sized from the first policy, see `Policy::body_budget`).
+    /// version; sized by the current policy, see `Policy::body_budget` and [`Self::with_policy`]).
     pub body_budget: Arc<tokio::sync::Semaphore>,
+    /// The size `body_budget` was last set to (permits in use included).
+    body_budget_size: Arc<std::sync::Mutex<usize>>,
 }
 
 impl VmState {
@@ -53,12 +55,14 @@ impl VmState {
             open_streams: Arc::default(),
             open_control: Arc::default(),
             body_budget: Arc::new(tokio::sync::Semaphore::new(budget)),
+            body_budget_size: Arc::new(std::sync::Mutex::new(budget)),
         }
     }
 
     /// A new version with another policy; CA, leaf cache, credential cell and close signal
     /// are shared with `self`.
     pub fn with_policy(&self, policy: Policy) -> VmState {
+        self.resize_body_budget(policy.body_budget());
         VmState {
             id: self.id.clone(),
             policy,
@@ -69,7 +73,33 @@ impl VmState {
             open_streams: self.open_streams.clone(),
             open_control: self.open_control.clone(),
             body_budget: self.body_budget.clone(),
+            body_budget_size: self.body_budget_size.clone(),
         }
+    }
+
+    /// Grows or shrinks the shared body budget to `size`. Shrinking takes back idle permits
+    /// now; permits held by bodies being buffered are taken back as they are released.
+    fn resize_body_budget(&self, size: usize) {
+        let mut current = self
+            .body_budget_size
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if size > *current {
+            self.body_budget.add_permits(size - *current);
+        } else if size < *current {
+            let mut owed = *current - size;
+            owed -= self.body_budget.forget_permits(owed);
+            if owed > 0 {
+                let sem = self.body_budget.clone();
+                let owed = u32::try_from(owed).unwrap_or(u32::MAX);
+                tokio::spawn(async move {
+                    if let Ok(p) = sem.acquire_many_owned(owed).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+        *current = size;
     }
 
     /// The credential set in force right now. Call once per request (not per connection):

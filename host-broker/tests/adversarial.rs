@@ -502,6 +502,30 @@ async fn many_stalled_large_uploads_from_one_vm_hit_its_body_budget() {
 }
 
 #[tokio::test]
+async fn body_budget_follows_a_policy_update() {
+    // max_inspected_body 4 KiB -> a 16 KiB budget; raising the limit must raise the budget
+    // (it stayed at the first policy's size: a 20 KB upload got a permanent 503).
+    let w = world(BOTH, CRED_ALL, r#", "max_inspected_body": 4096"#).await;
+    let mut policy = w.h.broker.policy(&w.h.vm).unwrap();
+    policy.max_inspected_body = Some(65536);
+    w.h.broker
+        .update_vm_with_env(
+            &w.h.vm,
+            policy,
+            &host_broker::secrets::MapEnv::from_pairs([("API_KEY", SECRET)]),
+        )
+        .await
+        .unwrap();
+    let mut c = h2_client(&w.h, "api.test", 443).await;
+    let a = h2_send(
+        &mut c,
+        req("POST", "https://api.test/ok", &[], &[b'y'; 20000]),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.reason());
+}
+
+#[tokio::test]
 async fn h2_to_http1_downgrade_smuggling_is_contained() {
     // No credentials (bodies stream through uninspected) and an HTTP/1.1-only upstream: the
     // classic h2 -> h1 downgrade setting.
