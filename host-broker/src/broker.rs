@@ -266,6 +266,37 @@ impl Broker {
             return Err(BrokerError::DuplicateVm(id));
         }
         let creds = checked_credentials(&id, &spec.policy, env)?;
+        // Everything that can refuse the registration cheaply comes before a CA is minted
+        // or copied: a failed add must leave no CA behind (a retry with `ca_from` would
+        // then conflict with it).
+        let listener = match &spec.transport {
+            VmTransport::HybridSocket(vmm_socket) => {
+                let path = hybrid_listen_path(vmm_socket, self.inner.config.vsock_port);
+                // Binding would replace the other VM's listener socket: refuse instead.
+                if let Some(other) = self
+                    .read_vms()
+                    .values()
+                    .find(|r| r.socket.as_deref() == Some(path.as_path()))
+                {
+                    return Err(BrokerError::DuplicateSocket {
+                        path,
+                        vm: other.entry.id.clone(),
+                    });
+                }
+                Some((HybridListener::bind(&path)?, path))
+            }
+            VmTransport::Cid(cid) => {
+                self.ensure_vsock_listener()?;
+                let cids = self.inner.cids.read().unwrap_or_else(|e| e.into_inner());
+                if let Some(other) = cids.get(cid) {
+                    return Err(BrokerError::DuplicateCid {
+                        cid: *cid,
+                        vm: other.id.clone(),
+                    });
+                }
+                None
+            }
+        };
         let vm_dir = self.inner.config.state_dir.join("vms").join(&id);
         if let Some(from) = ca_from {
             self.copy_ca(&id, from, &vm_dir)?;
@@ -293,27 +324,13 @@ impl Broker {
             socket: None,
             cid: None,
         };
-        match &spec.transport {
-            VmTransport::HybridSocket(vmm_socket) => {
-                let path = hybrid_listen_path(vmm_socket, self.inner.config.vsock_port);
-                // Binding would replace the other VM's listener socket: refuse instead.
-                if let Some(other) = self
-                    .read_vms()
-                    .values()
-                    .find(|r| r.socket.as_deref() == Some(path.as_path()))
-                {
-                    return Err(BrokerError::DuplicateSocket {
-                        path,
-                        vm: other.entry.id.clone(),
-                    });
-                }
-                let listener = HybridListener::bind(&path)?;
+        match (&spec.transport, listener) {
+            (VmTransport::HybridSocket(_), Some((listener, path))) => {
                 tracing::info!(vm = %id, path = %path.display(), "listening for VM streams");
                 reg.socket = Some(path);
                 reg.task = Some(spawn_vm_loop(listener, entry, self.inner.shared.clone()));
             }
-            VmTransport::Cid(cid) => {
-                self.ensure_vsock_listener()?;
+            (VmTransport::Cid(cid), _) => {
                 let mut cids = self.inner.cids.write().unwrap_or_else(|e| e.into_inner());
                 if let Some(other) = cids.get(cid) {
                     return Err(BrokerError::DuplicateCid {
@@ -324,6 +341,7 @@ impl Broker {
                 cids.insert(*cid, entry);
                 reg.cid = Some(*cid);
             }
+            (VmTransport::HybridSocket(_), None) => unreachable!("bound above"),
         }
         let lost_race = {
             let mut vms = self.inner.vms.write().unwrap_or_else(|e| e.into_inner());
