@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Builds the Debian bookworm root filesystem image the VM tests boot (curl, python3-requests, nodejs,
-# systemd), as ext4, into CACHE/rootfs-<recipe>.ext4 and points CACHE/rootfs.ext4 at it.
+# openjdk-17-jre-headless, systemd), as ext4, into CACHE/rootfs-<recipe>.ext4 and points
+# CACHE/rootfs.ext4 at it.
 #
 # The recipe hash covers this script (package list included), so editing it rebuilds the
 # image; otherwise the cached image is reused. VMs never write to it: the harness attaches
 # it with QEMU's snapshot=on (or a read-only disk).
+# /opt/venv holds a stand-in for PyPI's certifi (its own copy of the roots, as pip installs
+# it), so the tests can check the agent adds the VM CA to bundles it does not own.
 set -euo pipefail
 cache="${1:?usage: build-rootfs.sh CACHE_DIR}"
-PACKAGES="curl,ca-certificates,python3,python3-requests,systemd,systemd-sysv,procps,nodejs"
+PACKAGES="curl,ca-certificates,python3,python3-requests,systemd,systemd-sysv,procps,nodejs,openjdk-17-jre-headless"
 recipe="$(sha256sum "$0" | cut -c1-16)"
 image="$cache/rootfs-$recipe.ext4"
 if [ -f "$image" ]; then
@@ -26,6 +29,9 @@ done
 mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
   --customize-hook='echo sluice-guest > "$1/etc/hostname"' \
   --customize-hook='rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*' \
+  --customize-hook='d="$1/opt/venv/lib/python3.11/site-packages/certifi" && mkdir -p "$d" &&
+    cp "$1/etc/ssl/certs/ca-certificates.crt" "$d/cacert.pem" &&
+    printf "import os\ndef where():\n    return os.path.join(os.path.dirname(__file__), \"cacert.pem\")\n" > "$d/__init__.py"' \
   bookworm "$work/root" "$sources" </dev/null
 # Size: contents plus 30% and 64 MiB for the journal and the tests' scratch files.
 kib="$(du -sk "$work/root" | cut -f1)"
