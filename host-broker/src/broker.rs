@@ -72,6 +72,11 @@ pub enum BrokerEvent {
 /// Errors of the broker API.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    #[error(
+        "state dir {0} is in use by another host-broker (it holds {0}/broker.lock); \
+         one broker per state dir"
+    )]
+    StateDirInUse(PathBuf),
     #[error("VM id {0:?} is already registered")]
     DuplicateVm(String),
     #[error("VM id {0:?} is not registered")]
@@ -159,6 +164,9 @@ struct Inner {
     vms: RwLock<HashMap<String, Registered>>,
     cids: Arc<RwLock<HashMap<u32, Arc<VmEntry>>>>,
     vsock_task: Mutex<Option<JoinHandle<()>>>,
+    /// Exclusive lock on `<state_dir>/broker.lock`, held for the broker's life: a second
+    /// broker on the same state dir is refused before it touches any VM socket.
+    _state_lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 /// The host broker.
@@ -183,6 +191,23 @@ fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Takes `<state_dir>/broker.lock` (flock, exclusive, non-blocking; released when the
+/// process or the broker goes away, however it ends).
+fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, BrokerError> {
+    let path = dir.join("broker.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| BrokerError::StateDir {
+            path: path.clone(),
+            source,
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| BrokerError::StateDirInUse(dir.to_path_buf()))
+}
+
 impl Broker {
     /// Loads upstream trust, prepares the state dir. Listens on nothing until VMs register.
     pub async fn start(config: BrokerConfig) -> Result<Broker, BrokerError> {
@@ -195,6 +220,7 @@ impl Broker {
                 path: config.state_dir.clone(),
                 source,
             })?;
+        let state_lock = lock_state_dir(&config.state_dir)?;
         let upstream_tls = upstream::client_config(&config.upstream_extra_roots)?;
         let events = EventSink::new(1024, Arc::new(Metrics::new()));
         Ok(Broker {
@@ -208,6 +234,7 @@ impl Broker {
                 vms: RwLock::default(),
                 cids: Arc::default(),
                 vsock_task: Mutex::new(None),
+                _state_lock: state_lock,
             }),
         })
     }

@@ -35,3 +35,30 @@ async fn a_refused_registration_mints_no_ca_so_a_retry_with_ca_from_works() {
         .unwrap();
     assert_eq!(broker.ca_pem("vm2"), broker.ca_pem("vm1"));
 }
+
+#[tokio::test]
+async fn a_second_broker_on_the_same_state_dir_is_refused_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path(), vec![]).await;
+    let sock = dir.path().join("vm1.vsock");
+    broker.register_vm(spec("vm1", &sock)).await.unwrap();
+    let listen = broker.listen_path("vm1").unwrap();
+    let second = host_broker::Broker::start(host_broker::BrokerConfig {
+        state_dir: dir.path().join("state"),
+        vsock_port: shared_proto::DEFAULT_VSOCK_PORT,
+        upstream_extra_roots: vec![],
+    })
+    .await;
+    let err = second.map(|_| ()).unwrap_err();
+    assert!(matches!(err, BrokerError::StateDirInUse(_)), "{err}");
+    assert!(
+        listen.exists(),
+        "the live broker's VM socket is still there"
+    );
+    assert!(tokio::net::UnixStream::connect(&listen).await.is_ok());
+    // Once the first broker is gone, the state dir can be served again.
+    broker.shutdown().await;
+    drop(broker);
+    let again = start_broker(dir.path(), vec![]).await;
+    drop(again);
+}

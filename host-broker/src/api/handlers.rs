@@ -90,9 +90,10 @@ fn from_broker(e: BrokerError) -> ApiError {
         // A bind failure is nearly always the caller's path (missing directory, a
         // non-socket file in the way).
         BrokerError::Transport(_) => StatusCode::BAD_REQUEST,
-        BrokerError::Ca { .. } | BrokerError::Trust(_) | BrokerError::StateDir { .. } => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        BrokerError::Ca { .. }
+        | BrokerError::Trust(_)
+        | BrokerError::StateDir { .. }
+        | BrokerError::StateDirInUse(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError::new(status, e.to_string())
 }

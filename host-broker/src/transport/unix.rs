@@ -27,7 +27,8 @@ pub struct HybridListener {
 }
 
 impl HybridListener {
-    /// Binds `path`, removing a stale socket file left by a previous run first.
+    /// Binds `path`, removing a stale socket file left by a previous run first (one that no
+    /// listener answers on; a live one is an error).
     pub fn bind(path: &Path) -> Result<HybridListener, TransportError> {
         let err = |source| TransportError::Bind {
             path: path.to_path_buf(),
@@ -40,6 +41,14 @@ impl HybridListener {
                     return Err(err(std::io::Error::new(
                         std::io::ErrorKind::AlreadyExists,
                         "exists and is not a socket; refusing to remove it",
+                    )));
+                }
+                // Never take a socket over from a live listener (another broker): only a
+                // socket nobody answers on is stale.
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "a live listener answers on it (another broker?); refusing to replace it",
                     )));
                 }
                 std::fs::remove_file(path).map_err(err)?;
@@ -106,5 +115,17 @@ mod tests {
         std::fs::write(&p, b"not a socket").unwrap();
         assert!(HybridListener::bind(&p).is_err());
         assert!(p.exists());
+    }
+
+    #[tokio::test]
+    async fn a_socket_a_live_listener_answers_on_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s_7070");
+        let live = HybridListener::bind(&p).unwrap();
+        let err = HybridListener::bind(&p).unwrap_err().to_string();
+        assert!(err.contains("live listener"), "{err}");
+        // The first listener still owns the path and accepts.
+        assert!(tokio::net::UnixStream::connect(&p).await.is_ok());
+        drop(live);
     }
 }
