@@ -1,6 +1,8 @@
-//! Kernel AF_VSOCK transport. Runs only where the kernel offers vsock loopback
-//! (`vsock_loopback`: a stream to CID 1 comes back with peer CID 1); otherwise it prints why
-//! it skips and passes.
+//! Kernel AF_VSOCK transport. Needs vsock loopback in the kernel (`vsock_loopback`: a stream
+//! to CID 1 comes back with peer CID 1), which these CI machines (themselves Firecracker
+//! guests) do not have, so it is `#[ignore]`d: the runner reports it as ignored, not passed.
+//! Run it with `cargo test -p host-broker --test vsock -- --ignored` where the module exists;
+//! there a missing loopback is a failure.
 
 mod common;
 
@@ -11,6 +13,7 @@ use shared_proto::{BootMode, BrokerMessage};
 use tokio_vsock::{VsockAddr, VsockStream, VMADDR_CID_LOCAL};
 
 #[tokio::test]
+#[ignore = "needs the vsock_loopback kernel module (absent on the CI machines)"]
 async fn control_stream_over_af_vsock_loopback() {
     let port = 40_000 + (std::process::id() % 20_000);
     let dir = tempfile::tempdir().unwrap();
@@ -29,16 +32,12 @@ async fn control_stream_over_af_vsock_loopback() {
         })
         .await;
     if let Err(e) = reg {
-        eprintln!("SKIP: AF_VSOCK listener unavailable on this kernel ({e})");
-        return;
+        panic!("AF_VSOCK listener unavailable on this kernel ({e})");
     }
     let mut s = match VsockStream::connect(VsockAddr::new(VMADDR_CID_LOCAL, port)).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!(
-                "SKIP: no vsock loopback (vsock_loopback module?): connect to CID 1 failed: {e}"
-            );
-            return;
+            panic!("no vsock loopback (vsock_loopback module?): connect to CID 1 failed: {e}")
         }
     };
     open_control(&mut s).await;
