@@ -27,6 +27,8 @@ apt_packages() {
              e2fsprogs musl-tools; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
+  # keytool: the guest agent's JKS test checks the stores it writes with the JDK's own tool.
+  command -v keytool >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}"
