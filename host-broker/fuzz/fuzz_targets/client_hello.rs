@@ -71,7 +71,10 @@ fuzz_target!(|data: &[u8]| {
     }
     match got {
         Ok((peeked, bytes)) => {
-            assert!(data.starts_with(&bytes), "returned bytes are not the input's prefix");
+            assert!(
+                data.starts_with(&bytes),
+                "returned bytes are not the input's prefix"
+            );
             assert_eq!(
                 slice.len(),
                 data.len() - bytes.len(),

@@ -43,8 +43,7 @@ fn exercise(p: &Policy) {
         }
     }
     // Never touch the file system from a fuzzer (a `file` source could name /dev/zero).
-    if p
-        .credentials
+    if p.credentials
         .values()
         .any(|c| matches!(c.source, SecretSource::File(_)))
     {

@@ -76,11 +76,16 @@ fn setup() -> &'static Setup {
     SETUP.get_or_init(|| {
         let forms = forms(VALUE.as_bytes());
         let ph = self::forms(PLACEHOLDER.as_bytes());
-        let lower = |v: &[Vec<u8>]| -> Vec<Vec<u8>> {
-            v.iter().map(|f| f.to_ascii_lowercase()).collect()
-        };
-        assert!(overlap_free(&forms, &ph), "harness: VALUE overlaps the placeholder");
-        assert!(overlap_free(&lower(&forms), &lower(&ph)), "harness: overlap (any case)");
+        let lower =
+            |v: &[Vec<u8>]| -> Vec<Vec<u8>> { v.iter().map(|f| f.to_ascii_lowercase()).collect() };
+        assert!(
+            overlap_free(&forms, &ph),
+            "harness: VALUE overlaps the placeholder"
+        );
+        assert!(
+            overlap_free(&lower(&forms), &lower(&ph)),
+            "harness: overlap (any case)"
+        );
         let policy = Policy::from_json_str(&format!(
             r#"{{"credentials": {{"FUZZ_KEY": {{"source": {{"env": "FUZZ_KEY"}},
                 "hosts": ["api.example.com"], "placeholder": "{PLACEHOLDER}"}}}}}}"#
@@ -122,11 +127,17 @@ fuzz_target!(|data: &[u8]| {
     for c in cut_bytes.chunks_exact(2) {
         let end = (last + u16::from_be_bytes([c[0], c[1]]) as usize).min(input.len());
         chunked.extend(sc.push(&input[last..end]));
-        assert!(sc.pending_len() <= sc.window(), "held back more than the window");
+        assert!(
+            sc.pending_len() <= sc.window(),
+            "held back more than the window"
+        );
         last = end;
     }
     chunked.extend(sc.push(&input[last..]));
-    assert!(sc.pending_len() <= sc.window(), "held back more than the window");
+    assert!(
+        sc.pending_len() <= sc.window(),
+        "held back more than the window"
+    );
     chunked.extend(sc.finish());
     assert_eq!(sc.pending_len(), 0);
     assert!(sc.replaced() > 0, "the inserted value was not replaced");
@@ -135,7 +146,10 @@ fuzz_target!(|data: &[u8]| {
     let mut one = s.set.scrubber();
     let mut whole = one.push(&input);
     whole.extend(one.finish());
-    assert!(chunked == whole, "chunk boundaries changed the scrubbed body");
+    assert!(
+        chunked == whole,
+        "chunk boundaries changed the scrubbed body"
+    );
 
     // Response headers: the bytes as a value, inside a Basic payload, and as a name.
     let mut h = HeaderMap::new();
@@ -143,7 +157,10 @@ fuzz_target!(|data: &[u8]| {
         h.append("x-echo", v);
     }
     let basic = format!("Basic {}", STANDARD.encode(&input));
-    h.append("authorization", HeaderValue::from_str(&basic).expect("base64 is a valid value"));
+    h.append(
+        "authorization",
+        HeaderValue::from_str(&basic).expect("base64 is a valid value"),
+    );
     if let Ok(n) = HeaderName::from_bytes(&input) {
         h.append(n, HeaderValue::from_static("x"));
     }

@@ -58,7 +58,11 @@ impl AsyncRead for Pieces<'_> {
         while this.next_cut < this.cuts.len() && this.cuts[this.next_cut] <= this.pos {
             this.next_cut += 1;
         }
-        let end = this.cuts.get(this.next_cut).copied().unwrap_or(this.data.len());
+        let end = this
+            .cuts
+            .get(this.next_cut)
+            .copied()
+            .unwrap_or(this.data.len());
         let n = (end - this.pos).min(buf.remaining());
         buf.put_slice(&this.data[this.pos..this.pos + n]);
         this.pos += n;
@@ -161,7 +165,11 @@ fuzz_target!(|data: &[u8]| {
     let (want, want_end) = reference(raw);
 
     let buffered = flags & 1 != 0;
-    let split = if buffered { cuts.first().copied().unwrap_or(0) } else { 0 };
+    let split = if buffered {
+        cuts.first().copied().unwrap_or(0)
+    } else {
+        0
+    };
     let reader = Pieces {
         data: &raw[split..],
         pos: 0,
@@ -172,7 +180,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut s = TunnelStream::with_buffered(reader, raw[..split].to_vec());
     let (got, end) = read_all(&mut s, read_size);
-    assert_eq!(end, want_end, "stream ended differently from the chunk format");
+    assert_eq!(
+        end, want_end,
+        "stream ended differently from the chunk format"
+    );
     assert!(got == want, "payload differs from the reference decoding");
     assert_eq!(s.peer_finished(), end == End::Eof);
     if end == End::Eof {
@@ -196,10 +207,12 @@ fuzz_target!(|data: &[u8]| {
         pos += n;
     }
     run(w.shutdown()).expect("shutdown");
-    assert!(run(w.write(b"x")).is_err(), "write after end-of-stream accepted");
+    assert!(
+        run(w.write(b"x")).is_err(),
+        "write after end-of-stream accepted"
+    );
     let wire = &w.get_ref().out;
     let (back, back_end) = reference(wire);
     assert_eq!(back_end, End::Eof);
     assert!(back == want, "written payload does not read back");
 });
-
