@@ -164,9 +164,10 @@ struct Inner {
     vms: RwLock<HashMap<String, Registered>>,
     cids: Arc<RwLock<HashMap<u32, Arc<VmEntry>>>>,
     vsock_task: Mutex<Option<JoinHandle<()>>>,
-    /// Exclusive lock on `<state_dir>/broker.lock`, held for the broker's life: a second
-    /// broker on the same state dir is refused before it touches any VM socket.
-    _state_lock: nix::fcntl::Flock<std::fs::File>,
+    /// Exclusive lock on `<state_dir>/broker.lock`, held until [`Broker::shutdown`] (or the
+    /// process ends): a second broker on the same state dir is refused before it touches any
+    /// VM socket.
+    state_lock: Mutex<Option<nix::fcntl::Flock<std::fs::File>>>,
 }
 
 /// The host broker.
@@ -234,7 +235,7 @@ impl Broker {
                 vms: RwLock::default(),
                 cids: Arc::default(),
                 vsock_task: Mutex::new(None),
-                _state_lock: state_lock,
+                state_lock: Mutex::new(Some(state_lock)),
             }),
         })
     }
@@ -563,7 +564,8 @@ impl Broker {
         self.inner.shared.events.subscribe()
     }
 
-    /// Stops every listener and connection.
+    /// Stops every listener and connection, then releases the state dir (another broker,
+    /// e.g. a restarted one, may then serve it).
     pub async fn shutdown(&self) {
         let regs: Vec<Registered> = self
             .inner
@@ -586,6 +588,11 @@ impl Broker {
             t.abort();
             let _ = t.await;
         }
+        self.inner
+            .state_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     fn read_vms(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Registered>> {

@@ -56,9 +56,8 @@ async fn a_second_broker_on_the_same_state_dir_is_refused_and_touches_nothing() 
         "the live broker's VM socket is still there"
     );
     assert!(tokio::net::UnixStream::connect(&listen).await.is_ok());
-    // Once the first broker is gone, the state dir can be served again.
+    // Once the first broker has shut down, the state dir can be served again.
     broker.shutdown().await;
-    drop(broker);
     let again = start_broker(dir.path(), vec![]).await;
-    drop(again);
+    again.shutdown().await;
 }
