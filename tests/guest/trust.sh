@@ -10,21 +10,23 @@
 # `trust.sh systemd` (from sluice-trust.service): print to the console, power off at the end.
 # `trust.sh --one CLIENT NAME URL` runs one client (how the env -i runs re-enter the script).
 JP=/usr/lib/jvm/java-17-openjdk-amd64/bin
-body=/tmp/trust-body
 
 # client NAME URL: one GET with the placeholder header; prints the result line.
 client() {
   c=$1 name=$2 url=$3
   case $c in
     curl)
-      code=$(curl -sS --max-time 120 -o $body -w '%{http_code}' \
-        -H "Authorization: Bearer $API_KEY" "$url" 2>/tmp/trust-err)
-      if [ $? -eq 0 ]; then echo "workload: $name status=$code out=$(cat $body)"
-      else echo "workload: $name error=$(cat /tmp/trust-err)"; fi ;;
+      # No temporary files: /tmp is read-only on a read-only root.
+      out=$(curl -sS --max-time 120 -w '\n%{http_code}' \
+        -H "Authorization: Bearer $API_KEY" "$url" 2>&1)
+      if [ $? -eq 0 ]; then
+        echo "workload: $name status=$(echo "$out" | tail -n1) out=$(echo "$out" | sed '$d')"
+      else echo "workload: $name error=$out"; fi ;;
     wget)
-      if wget -q -T 120 -t 1 -O $body --header="Authorization: Bearer $API_KEY" "$url" \
-        2>/tmp/trust-err; then echo "workload: $name status=200 out=$(cat $body)"
-      else echo "workload: $name error=exit $? $(cat /tmp/trust-err)"; fi ;;
+      out=$(wget -q -T 120 -t 1 -O - --header="Authorization: Bearer $API_KEY" "$url" 2>&1)
+      rc=$?
+      if [ $rc -eq 0 ]; then echo "workload: $name status=200 out=$out"
+      else echo "workload: $name error=exit $rc $out"; fi ;;
     requests|httpx)
       py=/usr/bin/python3; [ $c = httpx ] && py=/opt/venv/bin/python
       $py - "$c" "$name" "$url" <<'PY'
