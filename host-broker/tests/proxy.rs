@@ -296,3 +296,20 @@ async fn unregistering_the_vm_ends_its_open_tunnels() {
     assert!(closed.is_ok(), "tunnel still open after unregister");
     assert!(w.tls_up.requests().iter().all(|s| s.path != "/after"));
 }
+
+/// A name the policy allows that DNS cannot resolve is an upstream failure (502 `failed`),
+/// not a policy denial: not a 403 and not counted as a violation. (`.invalid` never
+/// resolves, RFC 6761; a resolver that does not answer at all ends the same way, after the
+/// resolve timeout.)
+#[tokio::test]
+async fn an_allowed_name_that_does_not_resolve_is_502_failed_not_a_violation() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy =
+        r#"{"egress": {"default": "deny", "allow": [{"hosts": ["sluice-test.invalid"]}]}}"#;
+    let h = harness_in(dir, policy, &[], vec![]).await;
+    let (status, head, _) = connect_via(h.proxy, "sluice-test.invalid:443").await;
+    assert_eq!(status, 502, "{head}");
+    assert!(head.contains("cannot resolve"), "{head}");
+    let stats = h.broker.stats("vm1").unwrap();
+    assert_eq!(stats.violations, 0, "{stats:?}");
+}

@@ -168,7 +168,8 @@ fn record<B>(vm: &VmState, req: &Request<B>, host: &str) -> AuditRecord {
 
 /// The policy decision for `host:port`, shared by CONNECT and absolute-form requests:
 /// `resolve_target` checks the name first (before any DNS), then every resolved address.
-/// Returns the one address to dial, or the `403` answer (audited with verdict `denied`).
+/// Returns the one address to dial, or the `403` answer (audited with verdict `denied`), or
+/// for a name the policy allows but DNS cannot resolve the `502` answer (verdict `failed`).
 async fn allowed_target(
     vm: &VmState,
     shared: &Shared,
@@ -177,8 +178,10 @@ async fn allowed_target(
     port: u16,
 ) -> Result<SocketAddr, Response<ProxyBody>> {
     resolve_target(&vm.policy, host, port).await.map_err(|d| {
-        rec.verdict = "denied".into();
-        refuse(shared, rec.clone(), StatusCode::FORBIDDEN, &d.reason)
+        let (verdict, status) = d.verdict_and_status();
+        rec.verdict = verdict.into();
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+        refuse(shared, rec.clone(), status, &d.reason)
     })
 }
 

@@ -75,13 +75,14 @@ where
     let addr = match resolve_target(&vm.policy, &host, port).await {
         Ok(a) => a,
         Err(d) => {
+            let (verdict, status) = d.verdict_and_status();
             return refuse(
                 &mut io,
                 &shared,
-                record(&vm, &host, "denied", 403),
+                record(&vm, &host, verdict, status),
                 d.reason,
             )
-            .await
+            .await;
         }
     };
     if let Err(e) = shared_proto::write_message(&mut io, &TcpReply::Open).await {
