@@ -19,6 +19,7 @@ mod transparent;
 mod tunnel;
 mod upstream_conn;
 mod websocket;
+mod ws_relay;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -44,6 +44,8 @@ pub(super) struct Tunnel {
     pub addr: SocketAddr,
     pub vm: Arc<VmState>,
     pub shared: Arc<Shared>,
+    /// The VM connection slot this tunnel holds (a WebSocket relay keeps it; see websocket).
+    pub slot: Arc<super::StreamSlot>,
 }
 
 fn negotiated_h2(up: &UpstreamTls) -> bool {
@@ -285,6 +287,8 @@ impl Tunnel {
                 protocol,
                 guest,
                 h2_guest: h2_upgrade.is_some(),
+                vm: &self.vm,
+                slot: self.slot.clone(),
             };
             return websocket::forward(up, parts, body, rec, &creds, &self.shared).await;
         }
