@@ -10,6 +10,7 @@ mod body;
 mod connect;
 mod decode;
 mod headers;
+mod http10;
 mod opaque;
 mod plain;
 mod prefixed;
@@ -206,7 +207,11 @@ fn refuse(
     reason_response(status, reason, body)
 }
 
-fn reason_response(status: StatusCode, reason: &str, body: String) -> Response<ProxyBody> {
+pub(super) fn reason_response(
+    status: StatusCode,
+    reason: &str,
+    body: String,
+) -> Response<ProxyBody> {
     let header = HeaderValue::from_str(reason).unwrap_or_else(|_| {
         let clean: String = reason
             .chars()

@@ -292,10 +292,14 @@ impl Tunnel {
             };
             return websocket::forward(up, parts, body, rec, &creds, &self.shared).await;
         }
+        let version = parts.version;
         let req = Request::from_parts(parts, body);
         let result = self.send_upstream(conn, req, te_trailers, &authority).await;
         match result {
-            Ok(resp) => respond(resp, rec, &creds, &self.shared),
+            Ok(resp) => {
+                let resp = respond(resp, rec, &creds, &self.shared);
+                super::http10::frame_for(resp, version, cap).await
+            }
             Err(reason) => refuse(&self.shared, rec, StatusCode::BAD_GATEWAY, &reason),
         }
     }
