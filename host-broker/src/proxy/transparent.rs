@@ -90,8 +90,8 @@ where
     }
     let guest = TunnelStream::new(io);
     let span = tracing::info_span!("captured", %host, port, %addr);
-    let run = handle(guest, host, port, addr, vm.clone(), shared).instrument(span);
-    let _slot = slot;
+    let slot = Arc::new(slot);
+    let run = handle(guest, host, port, addr, vm.clone(), shared, slot).instrument(span);
     tokio::select! {
         _ = run => {}
         _ = vm.closed() => tracing::info!("VM unregistered: closing captured connection"),
@@ -105,6 +105,7 @@ async fn handle<G>(
     addr: SocketAddr,
     vm: Arc<VmState>,
     shared: Arc<Shared>,
+    slot: Arc<StreamSlot>,
 ) where
     G: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -119,7 +120,7 @@ async fn handle<G>(
         };
     let guest = Prefixed::new(first.clone(), guest);
     match peeked {
-        Peeked::Tls { .. } => tls(guest, host, addr, vm, shared).await,
+        Peeked::Tls { .. } => tls(guest, host, addr, vm, shared, slot).await,
         Peeked::NotTls if first.len() == 1 && first[0].is_ascii_uppercase() => {
             plain_http(guest, host, port, vm, shared).await
         }
@@ -133,8 +134,14 @@ async fn handle<G>(
     }
 }
 
-async fn tls<G>(guest: G, host: String, addr: SocketAddr, vm: Arc<VmState>, shared: Arc<Shared>)
-where
+async fn tls<G>(
+    guest: G,
+    host: String,
+    addr: SocketAddr,
+    vm: Arc<VmState>,
+    shared: Arc<Shared>,
+    slot: Arc<StreamSlot>,
+) where
     G: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     if vm.policy.intercept == InterceptMode::Auto
@@ -163,6 +170,7 @@ where
         addr,
         vm,
         shared,
+        slot,
     };
     t.intercept(guest, leaf, up).await
 }
