@@ -14,8 +14,7 @@ use serde_json::{json, Value};
 
 use crate::persist::{Store, VmRecord};
 use crate::policy::{
-    CredentialSpec, HostPattern, InjectRule, Location, OnViolation, Policy, PolicyError,
-    SecretSource,
+    CredentialSpec, HostRule, InjectRule, Location, OnViolation, Policy, PolicyError, SecretSource,
 };
 use crate::{Broker, BrokerError, VmSpec, VmTransport};
 
@@ -185,7 +184,7 @@ fn spec_of(rec: &VmRecord) -> Result<VmSpec, ApiError> {
 #[serde(deny_unknown_fields)]
 struct CredentialPatch {
     source: Option<SecretSource>,
-    hosts: Option<Vec<HostPattern>>,
+    hosts: Option<Vec<HostRule>>,
     placeholder: Option<String>,
     #[serde(rename = "in")]
     locations: Option<Vec<Location>>,

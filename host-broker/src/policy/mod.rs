@@ -6,6 +6,7 @@
 //! address to dial, and [`Policy::check_addr`] on that address (private ranges, CIDR rules).
 //! See docs/policy.md for the reference.
 
+mod binding;
 mod check;
 mod error;
 mod host_pattern;
@@ -17,6 +18,7 @@ mod resolve;
 mod summary;
 mod validate;
 
+pub use binding::{is_canonical_path, HostRule, PathPattern, RequestScope};
 pub use error::{Denial, PolicyError};
 pub use host_pattern::{normalize_host, parse_ip_literal, HostPattern};
 pub use ip_class::{classify_private, PrivateClass};

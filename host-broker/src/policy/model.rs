@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::binding::HostRule;
 use super::host_pattern::HostPattern;
 use crate::secrets::SecretValue;
 
@@ -134,8 +135,9 @@ pub enum InterceptMode {
 pub struct CredentialSpec {
     pub source: SecretSource,
     /// Required; `Option` only so that a missing list gets a precise error from validation.
+    /// Each entry is a host pattern, optionally limited to ports, methods and paths.
     #[serde(default)]
-    pub hosts: Option<Vec<HostPattern>>,
+    pub hosts: Option<Vec<HostRule>>,
     /// Defaults to `mock-<NAME>`.
     #[serde(default)]
     pub placeholder: Option<String>,

@@ -70,7 +70,7 @@ pub fn summarize(policy: &Policy) -> String {
             let _ = writeln!(s, "    inject {}: {}", r.header, r.format);
         }
         for h in c.hosts.iter().flatten() {
-            if let HostPattern::Exact(name) = h {
+            if let HostPattern::Exact(name) = &h.host {
                 if let Err(d) = policy.check_name(name, 443) {
                     let _ = writeln!(s, "    note: credential host unreachable on 443: {d}");
                 }

@@ -475,3 +475,86 @@ fn connection_limit_and_raw_ports_validated() {
         crate::policy::model::DEFAULT_MAX_CONNECTIONS
     );
 }
+
+#[test]
+fn credential_bindings_parse_in_json_and_toml() {
+    let p = json(
+        r#"{"credentials": {"GH": {"source": {"env": "GH"}, "hosts": [
+            "uploads.github.com",
+            {"host": "api.github.com", "ports": [443], "methods": ["GET"],
+             "paths": ["/repos/acme/**", "/user"]}
+        ]}}}"#,
+    );
+    p.validate().unwrap();
+    let hosts = p.credentials["GH"].hosts.as_ref().unwrap();
+    assert!(!hosts[0].is_scoped());
+    assert_eq!(hosts[1].methods.as_deref(), Some(&["GET".to_owned()][..]));
+    assert!(summarize(&p)
+        .contains("api.github.com (ports 443; methods GET; paths /repos/acme/**,/user)"));
+    let t = Policy::from_toml_str(
+        r#"
+[credentials.GH]
+source = { env = "GH" }
+hosts = ["uploads.github.com", { host = "api.github.com", methods = ["GET"], paths = ["/repos/acme/*"] }]
+"#,
+    )
+    .unwrap();
+    t.validate().unwrap();
+    assert_eq!(t.credentials["GH"].hosts.as_ref().unwrap().len(), 2);
+}
+
+#[test]
+fn credential_binding_errors_name_the_field() {
+    let cred = |entry: &str| {
+        let s = format!(
+            r#"{{"credentials": {{"GH": {{"source": {{"env": "GH"}}, "hosts": [{entry}]}}}}}}"#
+        );
+        match Policy::from_json_str(&s) {
+            Ok(p) => p.validate().unwrap_err().to_string(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let cases = [
+        (
+            r#"{"host": "a.test", "ports": []}"#,
+            "credentials.GH.hosts[0].ports: empty list",
+        ),
+        (
+            r#"{"host": "a.test", "ports": [0]}"#,
+            "credentials.GH.hosts[0].ports[0]: port 0",
+        ),
+        (
+            r#"{"host": "a.test", "methods": ["get"]}"#,
+            "credentials.GH.hosts[0].methods[0]: \"get\" is not an upper-case",
+        ),
+        (
+            r#"{"host": "a.test", "methods": []}"#,
+            "credentials.GH.hosts[0].methods: empty list",
+        ),
+        (
+            r#"{"host": "a.test", "paths": []}"#,
+            "credentials.GH.hosts[0].paths: empty list",
+        ),
+        (
+            r#"{"host": "a.test", "paths": ["v1"]}"#,
+            "credentials.GH.hosts[0].paths[0]",
+        ),
+        (
+            r#"{"host": "a.test", "paths": ["/v1?x=1"]}"#,
+            "credentials.GH.hosts[0].paths[0]",
+        ),
+        (
+            r#"{"host": "a.test", "path": ["/v1"]}"#,
+            "credentials.GH.hosts[0]",
+        ),
+        (
+            r#"{"host": "10.0.0.1"}"#,
+            "credentials.GH.hosts[0]: IP literal",
+        ),
+        (r#"{"ports": [443]}"#, "credentials.GH.hosts[0]"),
+    ];
+    for (entry, want) in cases {
+        let e = cred(entry);
+        assert!(e.starts_with(want), "{entry}: got {e:?}, want {want:?}");
+    }
+}

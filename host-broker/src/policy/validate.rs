@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use super::binding::HostRule;
 use super::error::PolicyError;
 use super::host_pattern::{check_hostname, normalize_host, parse_ip_literal, HostPattern};
 use super::model::{CredentialSpec, EgressRule, Policy, SecretSource};
@@ -154,16 +155,22 @@ fn validate_credential(path: &str, name: &str, spec: &CredentialSpec) -> Result<
             ))
         }
         Some(hosts) => {
-            if let Some(j) = hosts.iter().position(|h| matches!(h, HostPattern::Ip(_))) {
+            if let Some(j) = hosts
+                .iter()
+                .position(|h| matches!(h.host, HostPattern::Ip(_)))
+            {
                 return Err(err(
                     format!("{path}.hosts[{j}]"),
                     format!(
                         "IP literal {} can never receive a credential (gate 4: only host names \
                          the broker resolves itself); use a host name, with a resolve override \
                          if it has no DNS entry",
-                        hosts[j]
+                        hosts[j].host
                     ),
                 ));
+            }
+            for (j, rule) in hosts.iter().enumerate() {
+                validate_binding(&format!("{path}.hosts[{j}]"), rule)?;
             }
         }
     }
@@ -223,6 +230,57 @@ fn validate_credential(path: &str, name: &str, spec: &CredentialSpec) -> Result<
             return Err(err(
                 format!("{ipath}.format"),
                 "contains control characters (not allowed in an HTTP header)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Limits of one `hosts` entry: lists given must be non-empty, ports non-zero, methods
+/// upper-case tokens (HTTP methods are case-sensitive; `get` would never match a client).
+fn validate_binding(path: &str, rule: &HostRule) -> Result<(), PolicyError> {
+    if let Some(ports) = &rule.ports {
+        if ports.is_empty() {
+            return Err(err(
+                format!("{path}.ports"),
+                "empty list (omit \"ports\" to mean any port)",
+            ));
+        }
+        if let Some(k) = ports.iter().position(|p| *p == 0) {
+            return Err(err(
+                format!("{path}.ports[{k}]"),
+                "port 0 is not a valid port",
+            ));
+        }
+    }
+    if let Some(methods) = &rule.methods {
+        if methods.is_empty() {
+            return Err(err(
+                format!("{path}.methods"),
+                "empty list (omit \"methods\" to mean any method)",
+            ));
+        }
+        for (k, m) in methods.iter().enumerate() {
+            let token = !m.is_empty()
+                && m.bytes().all(|b| {
+                    b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !token {
+                return Err(err(
+                    format!("{path}.methods[{k}]"),
+                    format!(
+                        "{m:?} is not an upper-case HTTP method (methods are case-sensitive, \
+                         e.g. \"GET\")"
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(paths) = &rule.paths {
+        if paths.is_empty() {
+            return Err(err(
+                format!("{path}.paths"),
+                "empty list (omit \"paths\" to mean any path)",
             ));
         }
     }

@@ -118,7 +118,7 @@ async fn handle<G>(
         };
     let guest = Prefixed::new(first.clone(), guest);
     match peeked {
-        Peeked::Tls { .. } => tls(guest, host, addr, vm, shared).await,
+        Peeked::Tls { .. } => tls(guest, host, port, addr, vm, shared).await,
         Peeked::NotTls if first.len() == 1 && first[0].is_ascii_uppercase() => {
             plain_http(guest, host, port, vm, shared).await
         }
@@ -132,8 +132,14 @@ async fn handle<G>(
     }
 }
 
-async fn tls<G>(guest: G, host: String, addr: SocketAddr, vm: Arc<VmState>, shared: Arc<Shared>)
-where
+async fn tls<G>(
+    guest: G,
+    host: String,
+    port: u16,
+    addr: SocketAddr,
+    vm: Arc<VmState>,
+    shared: Arc<Shared>,
+) where
     G: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     if vm.policy.intercept == InterceptMode::Auto
@@ -159,6 +165,7 @@ where
     audit::emit(&shared.events, record(&vm, &host, "intercepted", 200));
     let t = super::tunnel::Tunnel {
         host,
+        port,
         addr,
         vm,
         shared,

@@ -126,7 +126,7 @@ impl CredentialSet {
                 ctx.first_failure(&self.creds[i].hosts)
             }
         });
-        if let Some(block) = self.block_if_needed(ctx.target_host, &violations) {
+        if let Some(block) = self.block_if_needed(ctx, &violations) {
             return (block, Vec::new());
         }
         let cleared = cleared

@@ -13,7 +13,7 @@ use super::env::EnvSource;
 use super::error::CredentialError;
 use super::scrub::Scrubber;
 use super::value::SecretValue;
-use crate::policy::{HostPattern, InjectRule, Location, OnViolation, Policy, SecretSource};
+use crate::policy::{HostRule, InjectRule, Location, OnViolation, Policy, SecretSource};
 
 /// Values shorter than this are accepted but warned about: scrubbing replaces every
 /// occurrence, and short values occur by chance in ordinary responses.
@@ -24,7 +24,7 @@ pub(crate) struct Credential {
     pub(crate) name: String,
     pub(crate) placeholder: String,
     pub(crate) value: SecretValue,
-    pub(crate) hosts: Vec<HostPattern>,
+    pub(crate) hosts: Vec<HostRule>,
     pub(crate) in_headers: bool,
     /// Substituted in the query string (`in: ["query"]`).
     pub(crate) in_query: bool,
@@ -269,7 +269,7 @@ impl CredentialSet {
     pub fn applies_to_host(&self, host: &str) -> bool {
         self.creds
             .iter()
-            .any(|c| c.hosts.iter().any(|p| p.matches(host)))
+            .any(|c| c.hosts.iter().any(|p| p.host.matches(host)))
     }
 
     /// Credential names, in policy order.
