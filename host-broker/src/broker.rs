@@ -352,6 +352,7 @@ impl Broker {
             socket: None,
             cid: None,
         };
+        let for_refresh = entry.clone();
         match (&spec.transport, listener) {
             (VmTransport::HybridSocket(_), Some((listener, path))) => {
                 tracing::info!(vm = %id, path = %path.display(), "listening for VM streams");
@@ -386,6 +387,7 @@ impl Broker {
             stop(reg, &self.inner.cids).await;
             return Err(BrokerError::DuplicateVm(id));
         }
+        crate::refresher::spawn(for_refresh, self.inner.shared.clone());
         Ok(())
     }
 

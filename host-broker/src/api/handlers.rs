@@ -190,6 +190,8 @@ struct CredentialPatch {
     locations: Option<Vec<Location>>,
     inject: Option<Vec<InjectRule>>,
     on_violation: Option<OnViolation>,
+    refresh_grace_secs: Option<u64>,
+    scrub_retired_secs: Option<u64>,
 }
 
 fn merge(
@@ -199,16 +201,9 @@ fn merge(
 ) -> Result<CredentialSpec, ApiError> {
     let mut spec = match old {
         Some(s) => s.clone(),
-        None => CredentialSpec {
-            source: p.source.clone().ok_or_else(|| {
-                ApiError::field(format!("{name}.source"), "required for a new credential")
-            })?,
-            hosts: None,
-            placeholder: None,
-            locations: vec![Location::Headers],
-            inject: Vec::new(),
-            on_violation: OnViolation::default(),
-        },
+        None => CredentialSpec::new(p.source.clone().ok_or_else(|| {
+            ApiError::field(format!("{name}.source"), "required for a new credential")
+        })?),
     };
     if let Some(v) = p.source {
         spec.source = v;
@@ -227,6 +222,12 @@ fn merge(
     }
     if let Some(v) = p.on_violation {
         spec.on_violation = v;
+    }
+    if let Some(v) = p.refresh_grace_secs {
+        spec.refresh_grace_secs = Some(v);
+    }
+    if let Some(v) = p.scrub_retired_secs {
+        spec.scrub_retired_secs = Some(v);
     }
     Ok(spec)
 }

@@ -23,8 +23,9 @@ pub use error::{Denial, PolicyError};
 pub use host_pattern::{normalize_host, parse_ip_literal, HostPattern};
 pub use ip_class::{classify_private, PrivateClass};
 pub use model::{
-    Cidr, CredentialSpec, DefaultAction, EgressPolicy, EgressRule, InjectRule, InterceptMode,
-    Location, OnViolation, Policy, PrivateNetworks, SecretSource,
+    Cidr, CommandSource, CredentialSpec, DefaultAction, EgressPolicy, EgressRule, InjectRule,
+    InterceptMode, Location, OnViolation, Policy, PrivateNetworks, SecretSource,
+    DEFAULT_REFRESH_GRACE_SECS, DEFAULT_SCRUB_RETIRED_SECS,
 };
 pub(crate) use parse::toml_message;
 pub use resolve::resolve_target;

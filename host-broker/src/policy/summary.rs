@@ -52,6 +52,13 @@ pub fn summarize(policy: &Policy) -> String {
             SecretSource::Env(v) => format!("env {v}"),
             SecretSource::File(p) => format!("file {}", p.display()),
             SecretSource::Value(_) => "inline value".to_string(),
+            // The program only: arguments may carry tokens or secret paths.
+            SecretSource::Command(c) => format!(
+                "command {}{} (ttl {} s)",
+                c.program(),
+                if c.shell.is_some() { " -c ..." } else { "" },
+                c.ttl().as_secs()
+            ),
         };
         let hosts: Vec<String> = c.hosts.iter().flatten().map(|p| p.to_string()).collect();
         let _ = writeln!(

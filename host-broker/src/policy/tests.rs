@@ -558,3 +558,59 @@ fn credential_binding_errors_name_the_field() {
         assert!(e.starts_with(want), "{entry}: got {e:?}, want {want:?}");
     }
 }
+
+#[test]
+fn command_source_validation_names_the_field_and_summary_hides_arguments() {
+    let cred = |src: &str| {
+        let s = format!(
+            r#"{{"credentials": {{"K": {{"source": {{"command": {src}}}, "hosts": ["a.test"]}}}}}}"#
+        );
+        match Policy::from_json_str(&s) {
+            Ok(p) => p.validate().map(|_| p).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let cases = [
+        (r#"{}"#, "credentials.K.source.command.argv: required"),
+        (
+            r#"{"argv": ["a"], "shell": "b"}"#,
+            "credentials.K.source.command: give either",
+        ),
+        (
+            r#"{"shell": " "}"#,
+            "credentials.K.source.command.shell: empty command",
+        ),
+        (
+            r#"{"argv": [""]}"#,
+            "credentials.K.source.command.argv[0]: empty program",
+        ),
+        (
+            r#"{"argv": ["a"], "ttl_secs": 0}"#,
+            "credentials.K.source.command.ttl_secs: must be",
+        ),
+        (
+            r#"{"argv": ["a"], "timeout_secs": 121}"#,
+            "credentials.K.source.command.timeout_secs: at most 120",
+        ),
+        (
+            r#"{"argv": ["a"], "max_output_bytes": 0}"#,
+            "credentials.K.source.command.max_output_bytes",
+        ),
+        (
+            r#"{"argv": ["a"], "env": {}}"#,
+            "credentials.K.source.command",
+        ),
+    ];
+    for (src, want) in cases {
+        let e = cred(src).unwrap_err();
+        assert!(e.starts_with(want), "{src}: got {e:?}, want {want:?}");
+    }
+    let p =
+        cred(r#"{"argv": ["vault", "kv", "get", "-field=token", "secret/tok-canary"]}"#).unwrap();
+    let summary = summarize(&p);
+    assert!(
+        summary.contains("source command vault (ttl 300 s)"),
+        "{summary}"
+    );
+    assert!(!summary.contains("tok-canary") && !format!("{p:?}").contains("tok-canary"));
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use super::binding::HostRule;
 use super::error::PolicyError;
 use super::host_pattern::{check_hostname, normalize_host, parse_ip_literal, HostPattern};
-use super::model::{CredentialSpec, EgressRule, Policy, SecretSource};
+use super::model::{CommandSource, CredentialSpec, EgressRule, Policy, SecretSource};
 
 /// Shortest placeholder accepted: shorter ones would match ordinary header text.
 pub(crate) const MIN_PLACEHOLDER_LEN: usize = 4;
@@ -139,6 +139,7 @@ fn validate_credential(path: &str, name: &str, spec: &CredentialSpec) -> Result<
                 "value contains control characters (not allowed in an HTTP header)",
             ))
         }
+        SecretSource::Command(c) => validate_command(&format!("{path}.source.command"), c)?,
         _ => {}
     }
     match &spec.hosts {
@@ -283,6 +284,67 @@ fn validate_binding(path: &str, rule: &HostRule) -> Result<(), PolicyError> {
                 "empty list (omit \"paths\" to mean any path)",
             ));
         }
+    }
+    Ok(())
+}
+
+/// Longest run time a `command` source may ask for: registration waits for the first run.
+const MAX_COMMAND_TIMEOUT_SECS: u64 = 120;
+/// Largest output a `command` source may ask for.
+const MAX_COMMAND_OUTPUT: usize = 1 << 20;
+
+fn validate_command(path: &str, c: &CommandSource) -> Result<(), PolicyError> {
+    match (&c.shell, c.argv.is_empty()) {
+        (Some(_), false) => {
+            return Err(err(
+                path,
+                "give either \"argv\" (run directly) or \"shell\" (run with /bin/sh -c), not both",
+            ))
+        }
+        (None, true) => {
+            return Err(err(
+                format!("{path}.argv"),
+                "required: the program and its arguments (or \"shell\" to use /bin/sh -c)",
+            ))
+        }
+        (Some(sh), true) if sh.trim().is_empty() => {
+            return Err(err(format!("{path}.shell"), "empty command"))
+        }
+        _ => {}
+    }
+    if c.argv.first().is_some_and(|p| p.is_empty()) {
+        return Err(err(format!("{path}.argv[0]"), "empty program"));
+    }
+    if let Some(i) = c.argv.iter().position(|a| a.contains('\0')) {
+        return Err(err(format!("{path}.argv[{i}]"), "contains a NUL byte"));
+    }
+    if c.ttl_secs == Some(0) {
+        return Err(err(format!("{path}.ttl_secs"), "must be at least 1"));
+    }
+    match c.timeout_secs {
+        Some(0) => return Err(err(format!("{path}.timeout_secs"), "must be at least 1")),
+        Some(t) if t > MAX_COMMAND_TIMEOUT_SECS => {
+            return Err(err(
+                format!("{path}.timeout_secs"),
+                format!("at most {MAX_COMMAND_TIMEOUT_SECS}"),
+            ))
+        }
+        _ => {}
+    }
+    match c.max_output_bytes {
+        Some(0) => {
+            return Err(err(
+                format!("{path}.max_output_bytes"),
+                "must be at least 1",
+            ))
+        }
+        Some(n) if n > MAX_COMMAND_OUTPUT => {
+            return Err(err(
+                format!("{path}.max_output_bytes"),
+                format!("at most {MAX_COMMAND_OUTPUT}"),
+            ))
+        }
+        _ => {}
     }
     Ok(())
 }

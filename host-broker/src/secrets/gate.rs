@@ -36,7 +36,7 @@ pub enum Verdict {
 }
 
 /// A placeholder seen where a gate failed. `gate` is one of `tls_verified`, `authority`,
-/// `hosts`, `dialed_by_name`, `binding`, `plaintext`.
+/// `hosts`, `dialed_by_name`, `binding`, `unavailable`, `plaintext`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
     pub credential: String,
@@ -52,6 +52,8 @@ pub(crate) enum Gate {
     DialedByName,
     /// The host matches, but no matching entry admits this port, method and path.
     Binding,
+    /// Every gate holds, but the credential's source failed to refresh beyond its grace.
+    Unavailable,
     Plaintext,
 }
 
@@ -64,6 +66,7 @@ impl Gate {
             Gate::Hosts => "hosts",
             Gate::DialedByName => "dialed_by_name",
             Gate::Binding => "binding",
+            Gate::Unavailable => "unavailable",
             Gate::Plaintext => "plaintext",
         }
     }
@@ -81,6 +84,10 @@ impl Gate {
                  never receive named credentials)"
             }
             Gate::Binding => "the request is outside the bindings of its hosts entries",
+            Gate::Unavailable => {
+                "its source failed to refresh and the last good value's grace ran out; see \
+                 the broker log"
+            }
             Gate::Plaintext => "plaintext HTTP never carries real credentials",
         }
     }
@@ -113,6 +120,14 @@ impl GateContext<'_> {
     pub(crate) fn connection_ok(&self) -> bool {
         self.first_failure(&[HostRule::any_request(crate::policy::HostPattern::Any)])
             .is_none()
+    }
+}
+
+impl super::set::Credential {
+    /// The first failing gate for this credential on `ctx`, then its availability.
+    pub(crate) fn gate(&self, ctx: &GateContext<'_>) -> Option<Gate> {
+        ctx.first_failure(&self.hosts)
+            .or(self.health.unavailable.then_some(Gate::Unavailable))
     }
 }
 

@@ -114,7 +114,7 @@ impl CredentialSet {
     /// inside `Authorization: Basic base64(user:pass)`; applies `inject` rules.
     pub fn apply_request_headers(&self, headers: &mut HeaderMap, ctx: &GateContext) -> Verdict {
         let hits = self.scan_headers(headers);
-        let (violations, cleared) = self.judge(&hits, |i| ctx.first_failure(&self.creds[i].hosts));
+        let (violations, cleared) = self.judge(&hits, |i| self.creds[i].gate(ctx));
         if let Some(block) = self.block_if_needed(ctx, &violations) {
             return block;
         }
@@ -125,7 +125,7 @@ impl CredentialSet {
         let mut injected: Vec<HeaderName> = Vec::new();
         if ctx.connection_ok() {
             for (i, c) in self.creds.iter().enumerate() {
-                if c.inject.is_empty() || ctx.first_failure(&c.hosts).is_some() {
+                if c.inject.is_empty() || c.gate(ctx).is_some() {
                     continue;
                 }
                 for rule in &c.inject {
@@ -286,7 +286,7 @@ impl CredentialSet {
             if plaintext {
                 Some(Gate::Plaintext)
             } else {
-                ctx.first_failure(&self.creds[i].hosts)
+                self.creds[i].gate(ctx)
             }
         });
         if let Some(block) = self.block_if_needed(ctx, &violations) {

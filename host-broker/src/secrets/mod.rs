@@ -5,22 +5,28 @@
 //! placeholder and one over every real value, so the cost of a scan does not depend on the
 //! number of credentials. See docs/policy.md for the gate and violation semantics.
 
+mod command;
 mod encode;
 mod env;
 mod error;
 mod gate;
 mod headers;
 mod payload;
+mod refresh;
 mod scrub;
 mod set;
 mod value;
 
+pub use command::CommandFailure;
 pub use env::{EnvSource, MapEnv, ProcessEnv};
 pub use error::CredentialError;
 pub use gate::{GateContext, Verdict, Violation};
+pub use refresh::{CredentialHealth, RefreshOutcome};
 pub use scrub::Scrubber;
 pub use set::CredentialSet;
 pub use value::SecretValue;
 
+#[cfg(test)]
+mod refresh_tests;
 #[cfg(test)]
 mod tests;
