@@ -92,6 +92,7 @@ fn from_broker(e: BrokerError) -> ApiError {
         BrokerError::Ca { .. }
         | BrokerError::Trust(_)
         | BrokerError::StateDir { .. }
+        | BrokerError::Placeholders { .. }
         | BrokerError::StateDirInUse(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError::new(status, e.to_string())

@@ -56,6 +56,10 @@ impl Policy {
             let path = format!("credentials.{name}");
             validate_credential(&path, name, spec)?;
             let ph = spec.placeholder_for(name);
+            // `random` is drawn per VM at registration: never shared.
+            if ph == crate::secrets::RANDOM_PLACEHOLDER {
+                continue;
+            }
             if let Some(other) = placeholders.insert(ph.clone(), name) {
                 return Err(err(
                     format!("{path}.placeholder"),

@@ -12,6 +12,7 @@ mod error;
 mod gate;
 mod headers;
 mod payload;
+mod placeholders;
 mod refresh;
 mod scrub;
 mod set;
@@ -21,6 +22,10 @@ pub use command::CommandFailure;
 pub use env::{EnvSource, MapEnv, ProcessEnv};
 pub use error::CredentialError;
 pub use gate::{GateContext, Verdict, Violation};
+pub use placeholders::{
+    copy_random_placeholders, resolve_random_placeholders, PlaceholderError, PLACEHOLDERS_FILE,
+    RANDOM_PLACEHOLDER,
+};
 pub use refresh::{CredentialHealth, RefreshOutcome};
 pub use scrub::Scrubber;
 pub use set::CredentialSet;

@@ -243,3 +243,23 @@ fn rotation_through_a_new_set_retires_the_previous_value() {
     }
     assert_eq!(s.retired_count(), 8);
 }
+
+#[test]
+fn random_placeholders_validate_but_are_never_loaded_as_the_word() {
+    let p = Policy::from_json_str(
+        r#"{"credentials": {
+            "A": {"source": {"value": "value-aaaaaaaa"}, "hosts": ["a.test"], "placeholder": "random"},
+            "B": {"source": {"value": "value-bbbbbbbb"}, "hosts": ["b.test"], "placeholder": "random"}
+        }}"#,
+    )
+    .unwrap();
+    p.validate()
+        .expect("two random placeholders are not a duplicate");
+    let e = CredentialSet::load(&p, &MapEnv::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("credential A: placeholder \"random\" is drawn per VM"),
+        "{e}"
+    );
+}

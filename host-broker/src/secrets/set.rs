@@ -214,6 +214,15 @@ impl CredentialSet {
         let mut creds = Vec::with_capacity(policy.credentials.len());
         let now = Instant::now();
         for (name, spec) in &policy.credentials {
+            if spec.placeholder.as_deref() == Some(super::placeholders::RANDOM_PLACEHOLDER) {
+                // Never use the word itself: the broker resolves it per VM first.
+                return Err(CredentialError::Invalid {
+                    credential: name.clone(),
+                    message: "placeholder \"random\" is drawn per VM when the VM is registered \
+                              (resolve_random_placeholders); it cannot be loaded as such"
+                        .into(),
+                });
+            }
             let (value, from, origin) = load_value(name, &spec.source, env)?;
             check_value(name, &value, &from)?;
             let Some(hosts) = spec.hosts.clone() else {
