@@ -64,7 +64,10 @@ pub fn summarize(policy: &Policy) -> String {
         let _ = writeln!(
             s,
             "  {name}: placeholder {}, source {source}, hosts {}, in {}, on_violation {}",
-            c.placeholder_for(name),
+            match c.placeholder_for(name) {
+                p if p == crate::secrets::RANDOM_PLACEHOLDER => "random (drawn per VM)".into(),
+                p => p,
+            },
             hosts.join(", "),
             c.locations
                 .iter()
