@@ -103,6 +103,12 @@ pub enum BrokerError {
         #[source]
         source: CredentialError,
     },
+    #[error("VM {vm:?}: {source}")]
+    Placeholders {
+        vm: String,
+        #[source]
+        source: crate::secrets::PlaceholderError,
+    },
     /// `ca_from` names no usable CA (bad id, or no `ca.key` + `ca.pem` under its state dir).
     #[error("VM {vm:?}: ca_from {from:?}: {reason}")]
     BadCaFrom {
@@ -295,7 +301,19 @@ impl Broker {
         if self.read_vms().contains_key(&id) {
             return Err(BrokerError::DuplicateVm(id));
         }
-        let creds = checked_credentials(&id, &spec.policy, env)?;
+        let vm_dir = self.inner.config.state_dir.join("vms").join(&id);
+        let mut spec = spec;
+        if let Some(from) = ca_from.filter(|f| valid_id(f)) {
+            // A restored snapshot holds `from`'s random placeholders in its memory.
+            let from_dir = self.inner.config.state_dir.join("vms").join(from);
+            crate::secrets::copy_random_placeholders(&from_dir, &vm_dir).map_err(|e| {
+                BrokerError::Placeholders {
+                    vm: id.clone(),
+                    source: e,
+                }
+            })?;
+        }
+        let creds = checked_credentials(&id, &mut spec.policy, env, &vm_dir)?;
         // Everything that can refuse the registration cheaply comes before a CA is minted
         // or copied: a failed add must leave no CA behind (a retry with `ca_from` would
         // then conflict with it).
@@ -330,7 +348,6 @@ impl Broker {
                 None
             }
         };
-        let vm_dir = self.inner.config.state_dir.join("vms").join(&id);
         if let Some(from) = ca_from {
             self.copy_ca(&id, from, &vm_dir)?;
         }
@@ -357,6 +374,7 @@ impl Broker {
             socket: None,
             cid: None,
         };
+        let for_refresh = entry.clone();
         match (&spec.transport, listener) {
             (VmTransport::HybridSocket(_), Some((listener, path))) => {
                 tracing::info!(vm = %id, path = %path.display(), "listening for VM streams");
@@ -391,6 +409,7 @@ impl Broker {
             stop(reg, &self.inner.cids).await;
             return Err(BrokerError::DuplicateVm(id));
         }
+        crate::refresher::spawn(for_refresh, self.inner.shared.clone());
         Ok(())
     }
 
@@ -442,7 +461,8 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         let _guard = self.inner.update_lock.lock().await;
         let entry = self.entry(id)?;
-        let creds = checked_credentials(id, &policy, env)?;
+        let mut policy = policy;
+        let creds = checked_credentials(id, &mut policy, env, &self.vm_dir(id))?;
         let next = entry.current().with_policy(policy);
         next.set_credentials(creds);
         entry.replace(next);
@@ -480,7 +500,7 @@ impl Broker {
                 None => policy.credentials.remove(&name),
             };
         }
-        let creds = checked_credentials(id, &policy, env)?;
+        let creds = checked_credentials(id, &mut policy, env, &self.vm_dir(id))?;
         // The shared cell reaches open connections; the new version carries the merged specs
         // for later rotations.
         current.set_credentials(creds);
@@ -630,6 +650,11 @@ impl Broker {
     pub fn state_dir(&self) -> &Path {
         &self.inner.config.state_dir
     }
+
+    /// `<state_dir>/vms/<id>`.
+    fn vm_dir(&self, id: &str) -> PathBuf {
+        self.inner.config.state_dir.join("vms").join(id)
+    }
 }
 
 async fn stop(reg: Registered, cids: &RwLock<HashMap<u32, Arc<VmEntry>>>) {
@@ -748,16 +773,24 @@ fn spawn_cid_loop(
     })
 }
 
-/// Validates `policy` and loads its credentials: what every registration or update of VM
-/// `id` must pass before anything changes.
+/// Validates `policy`, resolves its random placeholders (stored under `vm_dir`) and loads
+/// its credentials: what every registration or update of VM `id` must pass before anything
+/// changes.
 fn checked_credentials(
     id: &str,
-    policy: &Policy,
+    policy: &mut Policy,
     env: &dyn EnvSource,
+    vm_dir: &Path,
 ) -> Result<CredentialSet, BrokerError> {
     policy.validate().map_err(|source| BrokerError::Policy {
         vm: id.to_owned(),
         source,
+    })?;
+    crate::secrets::resolve_random_placeholders(policy, vm_dir).map_err(|source| {
+        BrokerError::Placeholders {
+            vm: id.to_owned(),
+            source,
+        }
     })?;
     CredentialSet::load(policy, env).map_err(|source| BrokerError::Credentials {
         vm: id.to_owned(),

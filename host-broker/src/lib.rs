@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod persist;
 pub mod policy;
 pub mod proxy;
+mod refresher;
 pub mod secrets;
 mod state;
 pub mod tls;

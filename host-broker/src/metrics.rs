@@ -72,6 +72,13 @@ struct VmVerdictLabel {
     verdict: &'static str,
 }
 
+/// A credential NAME (bounded by the policy; never a value).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VmCredentialLabel {
+    vm: String,
+    credential: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerdictLabel {
     verdict: &'static str,
@@ -97,6 +104,11 @@ pub struct Metrics {
     substitutions_all: Counter,
     latency: Family<VmLabel, Histogram, fn() -> Histogram>,
     latency_all: Histogram,
+    refresh_failures: Family<VmCredentialLabel, Counter>,
+    credential_stale: Family<VmCredentialLabel, Gauge>,
+    credential_unavailable: Family<VmCredentialLabel, Gauge>,
+    /// Credential names with series, per VM (removed with the VM).
+    credential_series: RwLock<HashMap<String, std::collections::BTreeSet<String>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -139,7 +151,26 @@ impl Metrics {
             substitutions_all: Counter::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             latency_all: latency_histogram(),
+            refresh_failures: Family::default(),
+            credential_stale: Family::default(),
+            credential_unavailable: Family::default(),
+            credential_series: RwLock::default(),
         };
+        registry.register(
+            "credential_refresh_failures",
+            "Failed refreshes of a file or command credential source, per VM and credential",
+            m.refresh_failures.clone(),
+        );
+        registry.register(
+            "credential_stale",
+            "1 while a credential serves its last good value after a failed refresh",
+            m.credential_stale.clone(),
+        );
+        registry.register(
+            "credential_unavailable",
+            "1 when a credential's refresh grace ran out (its placeholder is refused)",
+            m.credential_unavailable.clone(),
+        );
         registry.register("vms", "Registered VMs", m.vms.clone());
         registry.register(
             "vm_requests",
@@ -211,6 +242,21 @@ impl Metrics {
         self.bytes.remove(&l);
         self.substitutions.remove(&l);
         self.latency.remove(&l);
+        let names = self
+            .credential_series
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(vm)
+            .unwrap_or_default();
+        for credential in names {
+            let l = VmCredentialLabel {
+                vm: vm.to_owned(),
+                credential,
+            };
+            self.refresh_failures.remove(&l);
+            self.credential_stale.remove(&l);
+            self.credential_unavailable.remove(&l);
+        }
         for i in 0..=VERDICTS.len() {
             self.requests.remove(&VmVerdictLabel {
                 vm: vm.to_owned(),
@@ -275,6 +321,41 @@ impl Metrics {
         if let Some(d) = duration {
             self.latency.get_or_create(&vm).observe(d.as_secs_f64());
             self.latency_all.observe(d.as_secs_f64());
+        }
+    }
+
+    /// Credential refresh state of `vm` after a refresh step: `failed` names the attempts
+    /// that failed in it; `health` is the state of every credential of the set in force.
+    pub fn credential_refresh(
+        &self,
+        vm: &str,
+        failed: &[String],
+        health: &[crate::secrets::CredentialHealth],
+    ) {
+        if self.counters(vm).is_none() {
+            return;
+        }
+        let label = |credential: &str| VmCredentialLabel {
+            vm: vm.to_owned(),
+            credential: credential.to_owned(),
+        };
+        let mut series = self
+            .credential_series
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let names = series.entry(vm.to_owned()).or_default();
+        for name in failed {
+            names.insert(name.clone());
+            self.refresh_failures.get_or_create(&label(name)).inc();
+        }
+        for h in health.iter().filter(|h| h.refreshing) {
+            names.insert(h.name.clone());
+            self.credential_stale
+                .get_or_create(&label(&h.name))
+                .set(i64::from(h.stale));
+            self.credential_unavailable
+                .get_or_create(&label(&h.name))
+                .set(i64::from(h.unavailable));
         }
     }
 

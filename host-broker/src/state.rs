@@ -113,9 +113,29 @@ impl VmState {
         self.creds.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Swaps the credential set for every connection of this VM (next request on).
+    /// Swaps the credential set for every connection of this VM (next request on). Values
+    /// the old set held and the new one does not stay in the scrubber for their
+    /// `scrub_retired_secs` (an upstream may still echo the previous value).
     pub fn set_credentials(&self, creds: CredentialSet) {
+        let old = self.current_credentials();
+        let creds = creds.retiring(&old, std::time::Instant::now());
         *self.creds.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(creds);
+    }
+
+    /// Swaps in `creds` only if the cell still holds `expected` (a refresh computed from
+    /// `expected` must not undo a concurrent policy or credential update).
+    pub fn replace_credentials_if(
+        &self,
+        expected: &Arc<CredentialSet>,
+        creds: CredentialSet,
+    ) -> bool {
+        let mut cell = self.creds.write().unwrap_or_else(|e| e.into_inner());
+        if Arc::ptr_eq(&cell, expected) {
+            *cell = Arc::new(creds);
+            true
+        } else {
+            false
+        }
     }
 
     /// Completes once the VM is unregistered.

@@ -14,8 +14,7 @@ use serde_json::{json, Value};
 
 use crate::persist::{Store, VmRecord};
 use crate::policy::{
-    CredentialSpec, HostPattern, InjectRule, Location, OnViolation, Policy, PolicyError,
-    SecretSource,
+    CredentialSpec, HostRule, InjectRule, Location, OnViolation, Policy, PolicyError, SecretSource,
 };
 use crate::{Broker, BrokerError, VmSpec, VmTransport};
 
@@ -93,6 +92,7 @@ fn from_broker(e: BrokerError) -> ApiError {
         BrokerError::Ca { .. }
         | BrokerError::Trust(_)
         | BrokerError::StateDir { .. }
+        | BrokerError::Placeholders { .. }
         | BrokerError::StateDirInUse(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     ApiError::new(status, e.to_string())
@@ -185,12 +185,14 @@ fn spec_of(rec: &VmRecord) -> Result<VmSpec, ApiError> {
 #[serde(deny_unknown_fields)]
 struct CredentialPatch {
     source: Option<SecretSource>,
-    hosts: Option<Vec<HostPattern>>,
+    hosts: Option<Vec<HostRule>>,
     placeholder: Option<String>,
     #[serde(rename = "in")]
     locations: Option<Vec<Location>>,
     inject: Option<Vec<InjectRule>>,
     on_violation: Option<OnViolation>,
+    refresh_grace_secs: Option<u64>,
+    scrub_retired_secs: Option<u64>,
 }
 
 fn merge(
@@ -200,16 +202,9 @@ fn merge(
 ) -> Result<CredentialSpec, ApiError> {
     let mut spec = match old {
         Some(s) => s.clone(),
-        None => CredentialSpec {
-            source: p.source.clone().ok_or_else(|| {
-                ApiError::field(format!("{name}.source"), "required for a new credential")
-            })?,
-            hosts: None,
-            placeholder: None,
-            locations: vec![Location::Headers],
-            inject: Vec::new(),
-            on_violation: OnViolation::default(),
-        },
+        None => CredentialSpec::new(p.source.clone().ok_or_else(|| {
+            ApiError::field(format!("{name}.source"), "required for a new credential")
+        })?),
     };
     if let Some(v) = p.source {
         spec.source = v;
@@ -228,6 +223,12 @@ fn merge(
     }
     if let Some(v) = p.on_violation {
         spec.on_violation = v;
+    }
+    if let Some(v) = p.refresh_grace_secs {
+        spec.refresh_grace_secs = Some(v);
+    }
+    if let Some(v) = p.scrub_retired_secs {
+        spec.scrub_retired_secs = Some(v);
     }
     Ok(spec)
 }

@@ -6,6 +6,7 @@
 //! address to dial, and [`Policy::check_addr`] on that address (private ranges, CIDR rules).
 //! See docs/policy.md for the reference.
 
+mod binding;
 mod check;
 mod error;
 mod host_pattern;
@@ -17,12 +18,14 @@ mod resolve;
 mod summary;
 mod validate;
 
+pub use binding::{is_canonical_path, HostRule, PathPattern, RequestScope};
 pub use error::{Denial, PolicyError};
 pub use host_pattern::{normalize_host, parse_ip_literal, HostPattern};
 pub use ip_class::{classify_private, PrivateClass};
 pub use model::{
-    Cidr, CredentialSpec, DefaultAction, EgressPolicy, EgressRule, InjectRule, InterceptMode,
-    Location, OnViolation, Policy, PrivateNetworks, SecretSource,
+    Cidr, CommandSource, CredentialSpec, DefaultAction, EgressPolicy, EgressRule, InjectRule,
+    InterceptMode, Location, OnViolation, Policy, PrivateNetworks, SecretSource,
+    DEFAULT_REFRESH_GRACE_SECS, DEFAULT_SCRUB_RETIRED_SECS,
 };
 pub(crate) use parse::toml_message;
 pub use resolve::resolve_target;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::binding::HostRule;
 use super::host_pattern::HostPattern;
 use crate::secrets::SecretValue;
 
@@ -134,8 +135,9 @@ pub enum InterceptMode {
 pub struct CredentialSpec {
     pub source: SecretSource,
     /// Required; `Option` only so that a missing list gets a precise error from validation.
+    /// Each entry is a host pattern, optionally limited to ports, methods and paths.
     #[serde(default)]
-    pub hosts: Option<Vec<HostPattern>>,
+    pub hosts: Option<Vec<HostRule>>,
     /// Defaults to `mock-<NAME>`.
     #[serde(default)]
     pub placeholder: Option<String>,
@@ -146,13 +148,42 @@ pub struct CredentialSpec {
     pub inject: Vec<InjectRule>,
     #[serde(default)]
     pub on_violation: OnViolation,
+    /// Seconds the last good value is still used after its `file` or `command` source failed
+    /// to refresh; then the credential is unavailable (requests carrying its placeholder are
+    /// refused with a reason). Default [`DEFAULT_REFRESH_GRACE_SECS`].
+    #[serde(default)]
+    pub refresh_grace_secs: Option<u64>,
+    /// Seconds a replaced value (rotation by the API, a changed file, a new command output)
+    /// is still scrubbed from responses. Default [`DEFAULT_SCRUB_RETIRED_SECS`].
+    #[serde(default)]
+    pub scrub_retired_secs: Option<u64>,
 }
+
+/// Default for [`CredentialSpec::refresh_grace_secs`]: 5 minutes.
+pub const DEFAULT_REFRESH_GRACE_SECS: u64 = 300;
+/// Default for [`CredentialSpec::scrub_retired_secs`]: 1 hour.
+pub const DEFAULT_SCRUB_RETIRED_SECS: u64 = 3600;
 
 fn default_in() -> Vec<Location> {
     vec![Location::Headers]
 }
 
 impl CredentialSpec {
+    /// A credential from `source` with every other field at its default (`hosts` still
+    /// has to be set: it is required).
+    pub fn new(source: SecretSource) -> CredentialSpec {
+        CredentialSpec {
+            source,
+            hosts: None,
+            placeholder: None,
+            locations: default_in(),
+            inject: Vec::new(),
+            on_violation: OnViolation::default(),
+            refresh_grace_secs: None,
+            scrub_retired_secs: None,
+        }
+    }
+
     /// The placeholder the guest sees for credential `name`.
     pub fn placeholder_for(&self, name: &str) -> String {
         self.placeholder
@@ -162,7 +193,7 @@ impl CredentialSpec {
 }
 
 /// Where a credential's value comes from. Externally tagged: `{"env": "NAME"}`,
-/// `{"file": "/path"}`, `{"value": "..."}`.
+/// `{"file": "/path"}`, `{"value": "..."}`, `{"command": {"argv": [...]}}`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum SecretSource {
@@ -172,6 +203,73 @@ pub enum SecretSource {
     File(PathBuf),
     /// An inline value (control API); redacted in Debug output.
     Value(SecretValue),
+    /// A host command whose standard output is the value, run again after its TTL.
+    Command(CommandSource),
+}
+
+/// A `command` source: run `argv` (never through a shell), or `shell` with `/bin/sh -c`
+/// when asked for explicitly. Exactly one of the two. Debug prints the program name and
+/// the number of arguments only (arguments may name secret paths or carry tokens).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSource {
+    #[serde(default)]
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub shell: Option<String>,
+    /// Seconds a value is used before the command runs again. Default 300.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// Seconds the command may run before it is killed (its process group). Default 10.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Largest accepted standard output in bytes. Default 65536.
+    #[serde(default)]
+    pub max_output_bytes: Option<usize>,
+}
+
+impl CommandSource {
+    /// Default for [`CommandSource::ttl_secs`].
+    pub const DEFAULT_TTL_SECS: u64 = 300;
+    /// Default for [`CommandSource::timeout_secs`].
+    pub const DEFAULT_TIMEOUT_SECS: u64 = 10;
+    /// Default for [`CommandSource::max_output_bytes`].
+    pub const DEFAULT_MAX_OUTPUT: usize = 64 << 10;
+
+    /// The program shown in errors and summaries: `argv[0]`, or `/bin/sh` for `shell`.
+    pub fn program(&self) -> &str {
+        if self.shell.is_some() {
+            "/bin/sh"
+        } else {
+            self.argv.first().map(String::as_str).unwrap_or("")
+        }
+    }
+
+    /// TTL as a duration.
+    pub fn ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.ttl_secs.unwrap_or(Self::DEFAULT_TTL_SECS))
+    }
+
+    /// Run-time bound as a duration.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_secs.unwrap_or(Self::DEFAULT_TIMEOUT_SECS))
+    }
+
+    /// Output bound.
+    pub fn max_output(&self) -> usize {
+        self.max_output_bytes.unwrap_or(Self::DEFAULT_MAX_OUTPUT)
+    }
+}
+
+impl std::fmt::Debug for CommandSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandSource")
+            .field("program", &self.program())
+            .field("shell", &self.shell.is_some())
+            .field("args", &self.argv.len().saturating_sub(1))
+            .field("ttl_secs", &self.ttl_secs)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A place in a request where a placeholder may be substituted.

@@ -52,12 +52,22 @@ pub fn summarize(policy: &Policy) -> String {
             SecretSource::Env(v) => format!("env {v}"),
             SecretSource::File(p) => format!("file {}", p.display()),
             SecretSource::Value(_) => "inline value".to_string(),
+            // The program only: arguments may carry tokens or secret paths.
+            SecretSource::Command(c) => format!(
+                "command {}{} (ttl {} s)",
+                c.program(),
+                if c.shell.is_some() { " -c ..." } else { "" },
+                c.ttl().as_secs()
+            ),
         };
         let hosts: Vec<String> = c.hosts.iter().flatten().map(|p| p.to_string()).collect();
         let _ = writeln!(
             s,
             "  {name}: placeholder {}, source {source}, hosts {}, in {}, on_violation {}",
-            c.placeholder_for(name),
+            match c.placeholder_for(name) {
+                p if p == crate::secrets::RANDOM_PLACEHOLDER => "random (drawn per VM)".into(),
+                p => p,
+            },
             hosts.join(", "),
             c.locations
                 .iter()
@@ -70,7 +80,7 @@ pub fn summarize(policy: &Policy) -> String {
             let _ = writeln!(s, "    inject {}: {}", r.header, r.format);
         }
         for h in c.hosts.iter().flatten() {
-            if let HostPattern::Exact(name) = h {
+            if let HostPattern::Exact(name) = &h.host {
                 if let Err(d) = policy.check_name(name, 443) {
                     let _ = writeln!(s, "    note: credential host unreachable on 443: {d}");
                 }

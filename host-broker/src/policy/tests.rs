@@ -475,3 +475,142 @@ fn connection_limit_and_raw_ports_validated() {
         crate::policy::model::DEFAULT_MAX_CONNECTIONS
     );
 }
+
+#[test]
+fn credential_bindings_parse_in_json_and_toml() {
+    let p = json(
+        r#"{"credentials": {"GH": {"source": {"env": "GH"}, "hosts": [
+            "uploads.github.com",
+            {"host": "api.github.com", "ports": [443], "methods": ["GET"],
+             "paths": ["/repos/acme/**", "/user"]}
+        ]}}}"#,
+    );
+    p.validate().unwrap();
+    let hosts = p.credentials["GH"].hosts.as_ref().unwrap();
+    assert!(!hosts[0].is_scoped());
+    assert_eq!(hosts[1].methods.as_deref(), Some(&["GET".to_owned()][..]));
+    assert!(summarize(&p)
+        .contains("api.github.com (ports 443; methods GET; paths /repos/acme/**,/user)"));
+    let t = Policy::from_toml_str(
+        r#"
+[credentials.GH]
+source = { env = "GH" }
+hosts = ["uploads.github.com", { host = "api.github.com", methods = ["GET"], paths = ["/repos/acme/*"] }]
+"#,
+    )
+    .unwrap();
+    t.validate().unwrap();
+    assert_eq!(t.credentials["GH"].hosts.as_ref().unwrap().len(), 2);
+}
+
+#[test]
+fn credential_binding_errors_name_the_field() {
+    let cred = |entry: &str| {
+        let s = format!(
+            r#"{{"credentials": {{"GH": {{"source": {{"env": "GH"}}, "hosts": [{entry}]}}}}}}"#
+        );
+        match Policy::from_json_str(&s) {
+            Ok(p) => p.validate().unwrap_err().to_string(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let cases = [
+        (
+            r#"{"host": "a.test", "ports": []}"#,
+            "credentials.GH.hosts[0].ports: empty list",
+        ),
+        (
+            r#"{"host": "a.test", "ports": [0]}"#,
+            "credentials.GH.hosts[0].ports[0]: port 0",
+        ),
+        (
+            r#"{"host": "a.test", "methods": ["get"]}"#,
+            "credentials.GH.hosts[0].methods[0]: \"get\" is not an upper-case",
+        ),
+        (
+            r#"{"host": "a.test", "methods": []}"#,
+            "credentials.GH.hosts[0].methods: empty list",
+        ),
+        (
+            r#"{"host": "a.test", "paths": []}"#,
+            "credentials.GH.hosts[0].paths: empty list",
+        ),
+        (
+            r#"{"host": "a.test", "paths": ["v1"]}"#,
+            "credentials.GH.hosts[0].paths[0]",
+        ),
+        (
+            r#"{"host": "a.test", "paths": ["/v1?x=1"]}"#,
+            "credentials.GH.hosts[0].paths[0]",
+        ),
+        (
+            r#"{"host": "a.test", "path": ["/v1"]}"#,
+            "credentials.GH.hosts[0]",
+        ),
+        (
+            r#"{"host": "10.0.0.1"}"#,
+            "credentials.GH.hosts[0]: IP literal",
+        ),
+        (r#"{"ports": [443]}"#, "credentials.GH.hosts[0]"),
+    ];
+    for (entry, want) in cases {
+        let e = cred(entry);
+        assert!(e.starts_with(want), "{entry}: got {e:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn command_source_validation_names_the_field_and_summary_hides_arguments() {
+    let cred = |src: &str| {
+        let s = format!(
+            r#"{{"credentials": {{"K": {{"source": {{"command": {src}}}, "hosts": ["a.test"]}}}}}}"#
+        );
+        match Policy::from_json_str(&s) {
+            Ok(p) => p.validate().map(|_| p).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let cases = [
+        (r#"{}"#, "credentials.K.source.command.argv: required"),
+        (
+            r#"{"argv": ["a"], "shell": "b"}"#,
+            "credentials.K.source.command: give either",
+        ),
+        (
+            r#"{"shell": " "}"#,
+            "credentials.K.source.command.shell: empty command",
+        ),
+        (
+            r#"{"argv": [""]}"#,
+            "credentials.K.source.command.argv[0]: empty program",
+        ),
+        (
+            r#"{"argv": ["a"], "ttl_secs": 0}"#,
+            "credentials.K.source.command.ttl_secs: must be",
+        ),
+        (
+            r#"{"argv": ["a"], "timeout_secs": 121}"#,
+            "credentials.K.source.command.timeout_secs: at most 120",
+        ),
+        (
+            r#"{"argv": ["a"], "max_output_bytes": 0}"#,
+            "credentials.K.source.command.max_output_bytes",
+        ),
+        (
+            r#"{"argv": ["a"], "env": {}}"#,
+            "credentials.K.source.command",
+        ),
+    ];
+    for (src, want) in cases {
+        let e = cred(src).unwrap_err();
+        assert!(e.starts_with(want), "{src}: got {e:?}, want {want:?}");
+    }
+    let p =
+        cred(r#"{"argv": ["vault", "kv", "get", "-field=token", "secret/tok-canary"]}"#).unwrap();
+    let summary = summarize(&p);
+    assert!(
+        summary.contains("source command vault (ttl 300 s)"),
+        "{summary}"
+    );
+    assert!(!summary.contains("tok-canary") && !format!("{p:?}").contains("tok-canary"));
+}

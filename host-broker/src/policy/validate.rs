@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use super::binding::HostRule;
 use super::error::PolicyError;
 use super::host_pattern::{check_hostname, normalize_host, parse_ip_literal, HostPattern};
-use super::model::{CredentialSpec, EgressRule, Policy, SecretSource};
+use super::model::{CommandSource, CredentialSpec, EgressRule, Policy, SecretSource};
 
 /// Shortest placeholder accepted: shorter ones would match ordinary header text.
 pub(crate) const MIN_PLACEHOLDER_LEN: usize = 4;
@@ -55,6 +56,10 @@ impl Policy {
             let path = format!("credentials.{name}");
             validate_credential(&path, name, spec)?;
             let ph = spec.placeholder_for(name);
+            // `random` is drawn per VM at registration: never shared.
+            if ph == crate::secrets::RANDOM_PLACEHOLDER {
+                continue;
+            }
             if let Some(other) = placeholders.insert(ph.clone(), name) {
                 return Err(err(
                     format!("{path}.placeholder"),
@@ -138,6 +143,7 @@ fn validate_credential(path: &str, name: &str, spec: &CredentialSpec) -> Result<
                 "value contains control characters (not allowed in an HTTP header)",
             ))
         }
+        SecretSource::Command(c) => validate_command(&format!("{path}.source.command"), c)?,
         _ => {}
     }
     match &spec.hosts {
@@ -154,16 +160,22 @@ fn validate_credential(path: &str, name: &str, spec: &CredentialSpec) -> Result<
             ))
         }
         Some(hosts) => {
-            if let Some(j) = hosts.iter().position(|h| matches!(h, HostPattern::Ip(_))) {
+            if let Some(j) = hosts
+                .iter()
+                .position(|h| matches!(h.host, HostPattern::Ip(_)))
+            {
                 return Err(err(
                     format!("{path}.hosts[{j}]"),
                     format!(
                         "IP literal {} can never receive a credential (gate 4: only host names \
                          the broker resolves itself); use a host name, with a resolve override \
                          if it has no DNS entry",
-                        hosts[j]
+                        hosts[j].host
                     ),
                 ));
+            }
+            for (j, rule) in hosts.iter().enumerate() {
+                validate_binding(&format!("{path}.hosts[{j}]"), rule)?;
             }
         }
     }
@@ -225,6 +237,118 @@ fn validate_credential(path: &str, name: &str, spec: &CredentialSpec) -> Result<
                 "contains control characters (not allowed in an HTTP header)",
             ));
         }
+    }
+    Ok(())
+}
+
+/// Limits of one `hosts` entry: lists given must be non-empty, ports non-zero, methods
+/// upper-case tokens (HTTP methods are case-sensitive; `get` would never match a client).
+fn validate_binding(path: &str, rule: &HostRule) -> Result<(), PolicyError> {
+    if let Some(ports) = &rule.ports {
+        if ports.is_empty() {
+            return Err(err(
+                format!("{path}.ports"),
+                "empty list (omit \"ports\" to mean any port)",
+            ));
+        }
+        if let Some(k) = ports.iter().position(|p| *p == 0) {
+            return Err(err(
+                format!("{path}.ports[{k}]"),
+                "port 0 is not a valid port",
+            ));
+        }
+    }
+    if let Some(methods) = &rule.methods {
+        if methods.is_empty() {
+            return Err(err(
+                format!("{path}.methods"),
+                "empty list (omit \"methods\" to mean any method)",
+            ));
+        }
+        for (k, m) in methods.iter().enumerate() {
+            let token = !m.is_empty()
+                && m.bytes().all(|b| {
+                    b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !token {
+                return Err(err(
+                    format!("{path}.methods[{k}]"),
+                    format!(
+                        "{m:?} is not an upper-case HTTP method (methods are case-sensitive, \
+                         e.g. \"GET\")"
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(paths) = &rule.paths {
+        if paths.is_empty() {
+            return Err(err(
+                format!("{path}.paths"),
+                "empty list (omit \"paths\" to mean any path)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Longest run time a `command` source may ask for: registration waits for the first run.
+const MAX_COMMAND_TIMEOUT_SECS: u64 = 120;
+/// Largest output a `command` source may ask for.
+const MAX_COMMAND_OUTPUT: usize = 1 << 20;
+
+fn validate_command(path: &str, c: &CommandSource) -> Result<(), PolicyError> {
+    match (&c.shell, c.argv.is_empty()) {
+        (Some(_), false) => {
+            return Err(err(
+                path,
+                "give either \"argv\" (run directly) or \"shell\" (run with /bin/sh -c), not both",
+            ))
+        }
+        (None, true) => {
+            return Err(err(
+                format!("{path}.argv"),
+                "required: the program and its arguments (or \"shell\" to use /bin/sh -c)",
+            ))
+        }
+        (Some(sh), true) if sh.trim().is_empty() => {
+            return Err(err(format!("{path}.shell"), "empty command"))
+        }
+        _ => {}
+    }
+    if c.argv.first().is_some_and(|p| p.is_empty()) {
+        return Err(err(format!("{path}.argv[0]"), "empty program"));
+    }
+    if let Some(i) = c.argv.iter().position(|a| a.contains('\0')) {
+        return Err(err(format!("{path}.argv[{i}]"), "contains a NUL byte"));
+    }
+    if c.ttl_secs == Some(0) {
+        return Err(err(format!("{path}.ttl_secs"), "must be at least 1"));
+    }
+    match c.timeout_secs {
+        Some(0) => return Err(err(format!("{path}.timeout_secs"), "must be at least 1")),
+        Some(t) if t > MAX_COMMAND_TIMEOUT_SECS => {
+            return Err(err(
+                format!("{path}.timeout_secs"),
+                format!("at most {MAX_COMMAND_TIMEOUT_SECS}"),
+            ))
+        }
+        _ => {}
+    }
+    match c.max_output_bytes {
+        Some(0) => {
+            return Err(err(
+                format!("{path}.max_output_bytes"),
+                "must be at least 1",
+            ))
+        }
+        Some(n) if n > MAX_COMMAND_OUTPUT => {
+            return Err(err(
+                format!("{path}.max_output_bytes"),
+                format!("at most {MAX_COMMAND_OUTPUT}"),
+            ))
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -98,6 +98,7 @@ pub(super) async fn handle(
     spawn_tunnel(req, vm.clone(), slot, span, move |io| {
         let t = super::tunnel::Tunnel {
             host,
+            port,
             addr,
             vm,
             shared,

@@ -70,6 +70,8 @@ pub(super) async fn handle(
         tls_verified: false,
         authority_matches: true,
         dialed_by_name: host.parse::<IpAddr>().is_err(),
+        // Plaintext never carries a value, whatever the binding.
+        request: None,
     };
     let creds = vm.current_credentials();
     if !creds.is_empty() {

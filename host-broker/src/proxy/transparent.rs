@@ -120,7 +120,7 @@ async fn handle<G>(
         };
     let guest = Prefixed::new(first.clone(), guest);
     match peeked {
-        Peeked::Tls { .. } => tls(guest, host, addr, vm, shared, slot).await,
+        Peeked::Tls { .. } => tls(guest, host, port, addr, vm, shared, slot).await,
         Peeked::NotTls if first.len() == 1 && first[0].is_ascii_uppercase() => {
             plain_http(guest, host, port, vm, shared).await
         }
@@ -137,6 +137,7 @@ async fn handle<G>(
 async fn tls<G>(
     guest: G,
     host: String,
+    port: u16,
     addr: SocketAddr,
     vm: Arc<VmState>,
     shared: Arc<Shared>,
@@ -167,6 +168,7 @@ async fn tls<G>(
     audit::emit(&shared.events, record(&vm, &host, "intercepted", 200));
     let t = super::tunnel::Tunnel {
         host,
+        port,
         addr,
         vm,
         shared,

@@ -26,6 +26,7 @@ use super::upstream_conn::UpstreamConn;
 use super::websocket;
 use super::{record, refuse, HEADER_READ_TIMEOUT};
 use crate::audit;
+use crate::policy::RequestScope;
 use crate::secrets::{GateContext, Verdict};
 use crate::state::{Shared, VmState};
 use crate::upstream;
@@ -41,6 +42,9 @@ type UpstreamTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 pub(super) struct Tunnel {
     pub host: String,
+    /// The port the guest asked for (CONNECT / captured destination); credential bindings
+    /// match on it, not on the dialed address (a `resolve` override may change that).
+    pub port: u16,
     pub addr: SocketAddr,
     pub vm: Arc<VmState>,
     pub shared: Arc<Shared>,
@@ -188,11 +192,17 @@ impl Tunnel {
             .get(TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         strip_hop_by_hop(&mut parts.headers);
+        let (method, path) = (parts.method.to_string(), parts.uri.path().to_owned());
         let ctx = GateContext {
             target_host: host,
             tls_verified: true,
             authority_matches: true,
             dialed_by_name: host.parse::<IpAddr>().is_err(),
+            request: Some(RequestScope {
+                port: self.port,
+                method: &method,
+                path: &path,
+            }),
         };
         // One credential snapshot per request (rotations reach open connections).
         let creds = self.vm.current_credentials();
@@ -282,6 +292,7 @@ impl Tunnel {
         if let Some((protocol, guest)) = upgrade {
             let up = websocket::UpgradeRequest {
                 host,
+                port: self.port,
                 addr: self.addr,
                 authority: &authority,
                 protocol,

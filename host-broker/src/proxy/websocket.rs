@@ -63,6 +63,8 @@ pub(super) fn requested(req: &Request<hyper::body::Incoming>) -> Option<HeaderVa
 /// What the caller established for this upgrade request.
 pub(super) struct UpgradeRequest<'a> {
     pub host: &'a str,
+    /// The port the guest asked for (bindings match it).
+    pub port: u16,
     pub addr: std::net::SocketAddr,
     pub authority: &'a str,
     pub protocol: HeaderValue,
@@ -148,6 +150,13 @@ pub(super) async fn forward(
         up.slot.clone()
     };
     parts.headers.remove(EXTENSIONS);
+    // Messages are judged against the credential bindings of the upgrade request.
+    let request_method = parts.method.as_str().to_owned();
+    let request_path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
     let mut h1_only = (*shared.upstream_tls).clone();
     h1_only.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tls = match upstream::dial_tls(&Arc::new(h1_only), host, up.addr).await {
@@ -236,6 +245,9 @@ pub(super) async fn forward(
     let relay = super::ws_relay::Relay {
         creds: creds.clone(),
         host: host.to_owned(),
+        port: up.port,
+        method: request_method,
+        path: request_path,
         dialed_by_name: host.parse::<std::net::IpAddr>().is_err(),
         max_message: usize::try_from(up.vm.policy.body_limit()).unwrap_or(usize::MAX),
     };

@@ -31,6 +31,11 @@ pub(super) struct Relay {
     pub creds: Arc<CredentialSet>,
     /// The tunnel's (CONNECT) host: the only host the relay reaches.
     pub host: String,
+    /// Port, method and path of the upgrade request: credential bindings judge every
+    /// guest message as part of that request.
+    pub port: u16,
+    pub method: String,
+    pub path: String,
     pub dialed_by_name: bool,
     /// Largest message (and frame) accepted from either side.
     pub max_message: usize,
@@ -184,6 +189,11 @@ impl Relay {
             tls_verified: true,
             authority_matches: true,
             dialed_by_name: self.dialed_by_name,
+            request: Some(crate::policy::RequestScope {
+                port: self.port,
+                method: &self.method,
+                path: &self.path,
+            }),
         };
         match self.creds.apply_body(payload, &ctx, false) {
             (Verdict::Block { reason, .. }, _) => Err(format!("WebSocket message: {reason}")),

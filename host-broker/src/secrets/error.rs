@@ -22,6 +22,9 @@ pub enum CredentialError {
          (not allowed in an HTTP header)"
     )]
     ControlChars { credential: String, from: String },
+    /// A `command` source failed; `reason` names the program and why, never its output.
+    #[error("credential {credential}: source.command: {reason}")]
+    Command { credential: String, reason: String },
     #[error("credential {credential}: {message}")]
     Invalid { credential: String, message: String },
 }

@@ -1,4 +1,7 @@
-//! The four substitution gates and the verdict for one request.
+//! The substitution gates and the verdict for one request: the four connection gates, then
+//! the request-scoped binding of the credential's matching `hosts` entries.
+
+use crate::policy::{HostRule, RequestScope};
 
 /// Facts about the connection a request arrived on, established by the proxy.
 #[derive(Debug, Clone, Copy)]
@@ -11,6 +14,10 @@ pub struct GateContext<'a> {
     pub authority_matches: bool,
     /// Gate 4: `target_host` is a DNS name the broker resolved itself.
     pub dialed_by_name: bool,
+    /// Gate 5 (bindings): port, method and path of the request, matched against the
+    /// limits of the credential's `hosts` entries. `None` (no request at hand): only
+    /// entries without limits admit.
+    pub request: Option<RequestScope<'a>>,
 }
 
 /// What the proxy must do with a request.
@@ -29,7 +36,7 @@ pub enum Verdict {
 }
 
 /// A placeholder seen where a gate failed. `gate` is one of `tls_verified`, `authority`,
-/// `hosts`, `dialed_by_name`, `plaintext`.
+/// `hosts`, `dialed_by_name`, `binding`, `unavailable`, `plaintext`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
     pub credential: String,
@@ -43,6 +50,10 @@ pub(crate) enum Gate {
     Authority,
     Hosts,
     DialedByName,
+    /// The host matches, but no matching entry admits this port, method and path.
+    Binding,
+    /// Every gate holds, but the credential's source failed to refresh beyond its grace.
+    Unavailable,
     Plaintext,
 }
 
@@ -54,6 +65,8 @@ impl Gate {
             Gate::Authority => "authority",
             Gate::Hosts => "hosts",
             Gate::DialedByName => "dialed_by_name",
+            Gate::Binding => "binding",
+            Gate::Unavailable => "unavailable",
             Gate::Plaintext => "plaintext",
         }
     }
@@ -70,6 +83,11 @@ impl Gate {
                 "the target is not a host name the broker resolved itself (IP-literal targets \
                  never receive named credentials)"
             }
+            Gate::Binding => "the request is outside the bindings of its hosts entries",
+            Gate::Unavailable => {
+                "its source failed to refresh and the last good value's grace ran out; see \
+                 the broker log"
+            }
             Gate::Plaintext => "plaintext HTTP never carries real credentials",
         }
     }
@@ -77,12 +95,13 @@ impl Gate {
 
 impl GateContext<'_> {
     /// The first failing gate for a credential whose `hosts` are `hosts`, if any.
-    pub(crate) fn first_failure(&self, hosts: &[crate::policy::HostPattern]) -> Option<Gate> {
+    pub(crate) fn first_failure(&self, hosts: &[HostRule]) -> Option<Gate> {
+        let mut matching = hosts.iter().filter(|r| r.host.matches(self.target_host));
         if !self.tls_verified {
             Some(Gate::TlsVerified)
         } else if !self.authority_matches {
             Some(Gate::Authority)
-        } else if !hosts.iter().any(|p| p.matches(self.target_host)) {
+        } else if hosts.iter().all(|r| !r.host.matches(self.target_host)) {
             Some(Gate::Hosts)
         } else if !self.dialed_by_name
             || crate::policy::parse_ip_literal(self.target_host).is_some()
@@ -90,20 +109,44 @@ impl GateContext<'_> {
             // Defence in depth: an IP-literal target (bracketed or not) never passes gate 4,
             // whatever the caller computed.
             Some(Gate::DialedByName)
+        } else if !matching.any(|r| r.admits(self.request.as_ref())) {
+            Some(Gate::Binding)
         } else {
             None
         }
     }
+
+    /// Whether the connection-level gates (1, 2, 4) hold, whatever the credential.
+    pub(crate) fn connection_ok(&self) -> bool {
+        self.first_failure(&[HostRule::any_request(crate::policy::HostPattern::Any)])
+            .is_none()
+    }
 }
 
-/// Builds the readable block reason from violations (credential names and gates only).
-pub(crate) fn block_reason(target_host: &str, violations: &[(String, Gate)]) -> String {
-    let mut parts = violations.iter().map(|(name, gate)| {
-        format!(
-            "credential {name} may not be sent to {target_host} ({})",
-            gate.why()
-        )
-    });
+impl super::set::Credential {
+    /// The first failing gate for this credential on `ctx`, then its availability.
+    pub(crate) fn gate(&self, ctx: &GateContext<'_>) -> Option<Gate> {
+        ctx.first_failure(&self.hosts)
+            .or(self.health.unavailable.then_some(Gate::Unavailable))
+    }
+}
+
+/// Builds the readable block reason from violations (credential names, gates and, for a
+/// binding, the request's method, path without query and port; never a value).
+pub(crate) fn block_reason(ctx: &GateContext<'_>, violations: &[(String, Gate)]) -> String {
+    let target_host = ctx.target_host;
+    let mut parts = violations
+        .iter()
+        .map(|(name, gate)| match (gate, &ctx.request) {
+            (Gate::Binding, Some(req)) => format!(
+                "credential {name} may not be sent to {target_host} ({req} is outside the \
+             bindings of its hosts entries for this host)"
+            ),
+            _ => format!(
+                "credential {name} may not be sent to {target_host} ({})",
+                gate.why()
+            ),
+        });
     let mut s = parts.next().unwrap_or_default();
     for p in parts {
         s.push_str("; ");

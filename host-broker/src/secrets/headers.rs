@@ -93,7 +93,7 @@ impl CredentialSet {
     /// Block if any violating credential says `block`.
     pub(super) fn block_if_needed(
         &self,
-        target: &str,
+        ctx: &GateContext<'_>,
         violations: &[(usize, Gate)],
     ) -> Option<Verdict> {
         let blocking: Vec<(String, Gate)> = violations
@@ -105,7 +105,7 @@ impl CredentialSet {
             return None;
         }
         Some(Verdict::Block {
-            reason: block_reason(target, &blocking),
+            reason: block_reason(ctx, &blocking),
             violations: self.violations_out(violations),
         })
     }
@@ -114,8 +114,8 @@ impl CredentialSet {
     /// inside `Authorization: Basic base64(user:pass)`; applies `inject` rules.
     pub fn apply_request_headers(&self, headers: &mut HeaderMap, ctx: &GateContext) -> Verdict {
         let hits = self.scan_headers(headers);
-        let (violations, cleared) = self.judge(&hits, |i| ctx.first_failure(&self.creds[i].hosts));
-        if let Some(block) = self.block_if_needed(ctx.target_host, &violations) {
+        let (violations, cleared) = self.judge(&hits, |i| self.creds[i].gate(ctx));
+        if let Some(block) = self.block_if_needed(ctx, &violations) {
             return block;
         }
         let mut substituted: BTreeSet<usize> = BTreeSet::new();
@@ -123,12 +123,9 @@ impl CredentialSet {
         // sent the placeholder). A header the guest filled with its own non-placeholder value
         // is left alone.
         let mut injected: Vec<HeaderName> = Vec::new();
-        if ctx
-            .first_failure(&[crate::policy::HostPattern::Any])
-            .is_none()
-        {
+        if ctx.connection_ok() {
             for (i, c) in self.creds.iter().enumerate() {
-                if c.inject.is_empty() || ctx.first_failure(&c.hosts).is_some() {
+                if c.inject.is_empty() || c.gate(ctx).is_some() {
                     continue;
                 }
                 for rule in &c.inject {
@@ -251,7 +248,7 @@ impl CredentialSet {
     pub fn check_plaintext_headers(&self, headers: &HeaderMap, ctx: &GateContext) -> Verdict {
         let hits = self.scan_headers(headers);
         let (violations, _) = self.judge(&hits, |_| Some(Gate::Plaintext));
-        if let Some(block) = self.block_if_needed(ctx.target_host, &violations) {
+        if let Some(block) = self.block_if_needed(ctx, &violations) {
             return block;
         }
         Verdict::Forward {
@@ -289,10 +286,10 @@ impl CredentialSet {
             if plaintext {
                 Some(Gate::Plaintext)
             } else {
-                ctx.first_failure(&self.creds[i].hosts)
+                self.creds[i].gate(ctx)
             }
         });
-        if let Some(block) = self.block_if_needed(ctx.target_host, &violations) {
+        if let Some(block) = self.block_if_needed(ctx, &violations) {
             return block;
         }
         Verdict::Forward {

@@ -5,22 +5,33 @@
 //! placeholder and one over every real value, so the cost of a scan does not depend on the
 //! number of credentials. See docs/policy.md for the gate and violation semantics.
 
+mod command;
 mod encode;
 mod env;
 mod error;
 mod gate;
 mod headers;
 mod payload;
+mod placeholders;
+mod refresh;
 mod scrub;
 mod set;
 mod value;
 
+pub use command::CommandFailure;
 pub use env::{EnvSource, MapEnv, ProcessEnv};
 pub use error::CredentialError;
 pub use gate::{GateContext, Verdict, Violation};
+pub use placeholders::{
+    copy_random_placeholders, resolve_random_placeholders, PlaceholderError, PLACEHOLDERS_FILE,
+    RANDOM_PLACEHOLDER,
+};
+pub use refresh::{CredentialHealth, RefreshOutcome};
 pub use scrub::Scrubber;
 pub use set::CredentialSet;
 pub use value::SecretValue;
 
+#[cfg(test)]
+mod refresh_tests;
 #[cfg(test)]
 mod tests;

@@ -123,10 +123,10 @@ impl CredentialSet {
             if plaintext {
                 Some(Gate::Plaintext)
             } else {
-                ctx.first_failure(&self.creds[i].hosts)
+                self.creds[i].gate(ctx)
             }
         });
-        if let Some(block) = self.block_if_needed(ctx.target_host, &violations) {
+        if let Some(block) = self.block_if_needed(ctx, &violations) {
             return (block, Vec::new());
         }
         let cleared = cleared
@@ -209,6 +209,6 @@ impl CredentialSet {
     pub fn substitutes_bodies_for(&self, ctx: &GateContext) -> bool {
         self.creds
             .iter()
-            .any(|c| c.in_body && ctx.first_failure(&c.hosts).is_none())
+            .any(|c| c.in_body && c.gate(ctx).is_none())
     }
 }

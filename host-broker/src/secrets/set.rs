@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
@@ -11,20 +12,25 @@ use zeroize::Zeroizing;
 
 use super::env::EnvSource;
 use super::error::CredentialError;
+use super::refresh::{FileStamp, Health, Origin, Retired};
 use super::scrub::Scrubber;
 use super::value::SecretValue;
-use crate::policy::{HostPattern, InjectRule, Location, OnViolation, Policy, SecretSource};
+use crate::policy::{
+    HostRule, InjectRule, Location, OnViolation, Policy, SecretSource, DEFAULT_REFRESH_GRACE_SECS,
+    DEFAULT_SCRUB_RETIRED_SECS,
+};
 
 /// Values shorter than this are accepted but warned about: scrubbing replaces every
 /// occurrence, and short values occur by chance in ordinary responses.
 const SHORT_VALUE_WARN: usize = 8;
 
 /// One loaded credential.
+#[derive(Clone)]
 pub(crate) struct Credential {
     pub(crate) name: String,
     pub(crate) placeholder: String,
     pub(crate) value: SecretValue,
-    pub(crate) hosts: Vec<HostPattern>,
+    pub(crate) hosts: Vec<HostRule>,
     pub(crate) in_headers: bool,
     /// Substituted in the query string (`in: ["query"]`).
     pub(crate) in_query: bool,
@@ -32,12 +38,21 @@ pub(crate) struct Credential {
     pub(crate) in_body: bool,
     pub(crate) inject: Vec<InjectRule>,
     pub(crate) on_violation: OnViolation,
+    /// How the value is refreshed (file and command sources).
+    pub(crate) origin: Origin,
+    pub(crate) health: Health,
+    /// How long the last good value is used after a failed refresh.
+    pub(crate) refresh_grace: Duration,
+    /// How long a replaced value stays in the scrubber.
+    pub(crate) scrub_retired: Duration,
 }
 
 /// Real values for one policy version plus the automata used to find placeholders and values.
 /// Build once per policy version and share it behind an `Arc`.
 pub struct CredentialSet {
     pub(crate) creds: Vec<Credential>,
+    /// Replaced values still scrubbed from responses until their deadline.
+    pub(crate) retired: Vec<Retired>,
     /// One automaton over every placeholder form; `placeholder_owner[pattern] = credential`.
     pub(crate) placeholders: AhoCorasick,
     pub(crate) placeholder_owner: Vec<usize>,
@@ -65,48 +80,92 @@ impl std::fmt::Debug for CredentialSet {
     }
 }
 
+/// Loads one source: the value, a description of where it came from (for errors, never the
+/// value) and how to refresh it.
 fn load_value(
     name: &str,
     source: &SecretSource,
     env: &dyn EnvSource,
-) -> Result<(SecretValue, String), CredentialError> {
+) -> Result<(SecretValue, String, Origin), CredentialError> {
     match source {
         SecretSource::Env(var) => {
             let v = env.var(var).ok_or_else(|| CredentialError::MissingEnv {
                 credential: name.to_string(),
                 var: var.clone(),
             })?;
-            Ok((SecretValue::new(v), format!("env {var}")))
+            Ok((SecretValue::new(v), format!("env {var}"), Origin::Fixed))
         }
         SecretSource::File(p) => {
             let path = file_path(p, env);
-            let shown = path.display().to_string();
-            let bytes =
-                Zeroizing::new(
-                    std::fs::read(&path).map_err(|source| CredentialError::File {
-                        credential: name.to_string(),
-                        path: shown.clone(),
-                        source,
-                    })?,
-                );
-            let mut s = String::from_utf8(bytes.to_vec()).map_err(|e| {
-                let mut raw = e.into_bytes();
-                zeroize::Zeroize::zeroize(&mut raw);
-                CredentialError::NotUtf8 {
-                    credential: name.to_string(),
-                    from: format!("file {shown}"),
-                }
-            })?;
-            // Trim exactly one trailing newline (`echo` and most editors add one).
-            if s.ends_with("\r\n") {
-                s.truncate(s.len() - 2);
-            } else if s.ends_with('\n') {
-                s.truncate(s.len() - 1);
-            }
-            Ok((SecretValue::new(s), format!("file {shown}")))
+            // Stamp first: a change racing the read is seen (again) by the next check.
+            let stamp = FileStamp::of(&path);
+            let value = read_file(name, &path)?;
+            let from = format!("file {}", path.display());
+            Ok((value, from, Origin::File { path, stamp }))
         }
-        SecretSource::Value(v) => Ok((v.clone(), "inline value".to_string())),
+        SecretSource::Value(v) => Ok((v.clone(), "inline value".to_string(), Origin::Fixed)),
+        SecretSource::Command(c) => {
+            let from = format!("command {}", c.program());
+            let value = super::command::run(c).map_err(|e| CredentialError::Command {
+                credential: name.to_string(),
+                reason: e.to_string(),
+            })?;
+            Ok((value, from, Origin::Command(c.clone())))
+        }
     }
+}
+
+/// A file's content with exactly one trailing newline removed.
+pub(crate) fn read_file(name: &str, path: &Path) -> Result<SecretValue, CredentialError> {
+    let shown = path.display().to_string();
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| CredentialError::File {
+        credential: name.to_string(),
+        path: shown.clone(),
+        source,
+    })?);
+    let mut s = String::from_utf8(bytes.to_vec()).map_err(|e| {
+        let mut raw = e.into_bytes();
+        zeroize::Zeroize::zeroize(&mut raw);
+        CredentialError::NotUtf8 {
+            credential: name.to_string(),
+            from: format!("file {shown}"),
+        }
+    })?;
+    // Trim exactly one trailing newline (`echo` and most editors add one).
+    if s.ends_with("\r\n") {
+        s.truncate(s.len() - 2);
+    } else if s.ends_with('\n') {
+        s.truncate(s.len() - 1);
+    }
+    Ok(SecretValue::new(s))
+}
+
+/// Rejects values that cannot go into an HTTP header; warns about short ones.
+pub(crate) fn check_value(
+    name: &str,
+    value: &SecretValue,
+    from: &str,
+) -> Result<(), CredentialError> {
+    if value.is_empty() {
+        return Err(CredentialError::Empty {
+            credential: name.to_owned(),
+            from: from.to_owned(),
+        });
+    }
+    if value.expose().chars().any(|c| c.is_control() && c != '\t') {
+        return Err(CredentialError::ControlChars {
+            credential: name.to_owned(),
+            from: from.to_owned(),
+        });
+    }
+    if value.len() < SHORT_VALUE_WARN {
+        tracing::warn!(
+            credential = %name,
+            "credential value is shorter than {SHORT_VALUE_WARN} bytes; response \
+             scrubbing may replace unrelated text"
+        );
+    }
+    Ok(())
 }
 
 /// Relative paths are taken under `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`) when it
@@ -153,33 +212,26 @@ impl CredentialSet {
     /// and the source, never a value. The policy should already be validated.
     pub fn load(policy: &Policy, env: &dyn EnvSource) -> Result<CredentialSet, CredentialError> {
         let mut creds = Vec::with_capacity(policy.credentials.len());
+        let now = Instant::now();
         for (name, spec) in &policy.credentials {
-            let (value, from) = load_value(name, &spec.source, env)?;
-            if value.is_empty() {
-                return Err(CredentialError::Empty {
+            if spec.placeholder.as_deref() == Some(super::placeholders::RANDOM_PLACEHOLDER) {
+                // Never use the word itself: the broker resolves it per VM first.
+                return Err(CredentialError::Invalid {
                     credential: name.clone(),
-                    from,
+                    message: "placeholder \"random\" is drawn per VM when the VM is registered \
+                              (resolve_random_placeholders); it cannot be loaded as such"
+                        .into(),
                 });
             }
-            if value.expose().chars().any(|c| c.is_control() && c != '\t') {
-                return Err(CredentialError::ControlChars {
-                    credential: name.clone(),
-                    from,
-                });
-            }
-            if value.len() < SHORT_VALUE_WARN {
-                tracing::warn!(
-                    credential = %name,
-                    "credential value is shorter than {SHORT_VALUE_WARN} bytes; response \
-                     scrubbing may replace unrelated text"
-                );
-            }
+            let (value, from, origin) = load_value(name, &spec.source, env)?;
+            check_value(name, &value, &from)?;
             let Some(hosts) = spec.hosts.clone() else {
                 return Err(CredentialError::Invalid {
                     credential: name.clone(),
                     message: "hosts is required".into(),
                 });
             };
+            let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
             creds.push(Credential {
                 name: name.clone(),
                 placeholder: spec.placeholder_for(name),
@@ -190,12 +242,19 @@ impl CredentialSet {
                 in_body: spec.locations.contains(&Location::Body),
                 inject: spec.inject.clone(),
                 on_violation: spec.on_violation,
+                origin,
+                health: Health::fresh(now),
+                refresh_grace: secs(spec.refresh_grace_secs, DEFAULT_REFRESH_GRACE_SECS),
+                scrub_retired: secs(spec.scrub_retired_secs, DEFAULT_SCRUB_RETIRED_SECS),
             });
         }
-        Self::build(creds)
+        Self::build(creds, Vec::new())
     }
 
-    fn build(creds: Vec<Credential>) -> Result<CredentialSet, CredentialError> {
+    pub(crate) fn build(
+        creds: Vec<Credential>,
+        retired: Vec<Retired>,
+    ) -> Result<CredentialSet, CredentialError> {
         let automaton_err = |e: aho_corasick::BuildError| CredentialError::Invalid {
             credential: "(all)".into(),
             message: format!("cannot build search automaton: {e}"),
@@ -223,8 +282,15 @@ impl CredentialSet {
 
         let mut value_patterns: Vec<Zeroizing<Vec<u8>>> = Vec::new();
         let mut replacements = Vec::new();
-        for c in &creds {
-            for (form, repl) in forms(c.value.expose().as_bytes(), c.placeholder.as_bytes()) {
+        // Current values first, then retired ones (still scrubbed for their grace period;
+        // a retired form equal to a current form is skipped).
+        let current = creds.iter().map(|c| (&c.value, &c.placeholder));
+        let old = retired.iter().map(|r| (&r.value, &r.placeholder));
+        for (value, placeholder) in current.chain(old) {
+            for (form, repl) in forms(value.expose().as_bytes(), placeholder.as_bytes()) {
+                if value_patterns.iter().any(|p| **p == form) {
+                    continue;
+                }
                 value_patterns.push(Zeroizing::new(form));
                 replacements.push(repl);
             }
@@ -241,6 +307,7 @@ impl CredentialSet {
             .map_err(automaton_err)?;
         Ok(CredentialSet {
             creds,
+            retired,
             placeholders,
             placeholder_owner,
             values: Arc::new(values),
@@ -269,7 +336,7 @@ impl CredentialSet {
     pub fn applies_to_host(&self, host: &str) -> bool {
         self.creds
             .iter()
-            .any(|c| c.hosts.iter().any(|p| p.matches(host)))
+            .any(|c| c.hosts.iter().any(|p| p.host.matches(host)))
     }
 
     /// Credential names, in policy order.

@@ -37,6 +37,7 @@ fn ok_ctx(host: &str) -> GateContext<'_> {
         tls_verified: true,
         authority_matches: true,
         dialed_by_name: true,
+        request: None,
     }
 }
 
@@ -667,4 +668,173 @@ fn scrubs_response_header_names_in_any_case_and_drops_what_cannot_be_renamed() {
     assert_eq!(s.scrub_response_headers(&mut h), 1);
     assert_eq!(h.len(), 1);
     assert_eq!(h["x-clean"], "e");
+}
+
+/// A GitHub-like credential bound per host entry: GET under /repos/acme/ on 443, plus git's
+/// smart-HTTP paths on another host; `on_violation` as given.
+fn bound_set(on_violation: &str) -> CredentialSet {
+    let p = Policy::from_json_str(&format!(
+        r#"{{"credentials": {{"GH": {{"source": {{"env": "GH"}},
+            "hosts": [
+              {{"host": "api.github.com", "ports": [443], "methods": ["GET", "HEAD"],
+                "paths": ["/repos/acme/**"]}},
+              {{"host": "github.com", "paths": ["/acme/*/info/refs", "/acme/*/git-upload-pack"]}}
+            ],
+            "inject": [{{"header": "Authorization", "format": "token ${{value}}"}}],
+            "on_violation": "{on_violation}"}}}}}}"#
+    ))
+    .unwrap();
+    p.validate().unwrap();
+    CredentialSet::load(&p, &env()).unwrap()
+}
+
+fn req_ctx<'a>(host: &'a str, port: u16, method: &'a str, path: &'a str) -> GateContext<'a> {
+    GateContext {
+        request: Some(crate::policy::RequestScope { port, method, path }),
+        ..ok_ctx(host)
+    }
+}
+
+#[test]
+fn binding_admits_matching_requests_only() {
+    let s = bound_set("block");
+    let inside = [
+        (
+            "api.github.com",
+            443,
+            "GET",
+            "/repos/acme/widgets/issues?page=2",
+        ),
+        ("api.github.com", 443, "HEAD", "/repos/acme/x"),
+        ("github.com", 443, "GET", "/acme/widgets.git/info/refs"),
+        (
+            "github.com",
+            8443,
+            "POST",
+            "/acme/widgets.git/git-upload-pack",
+        ),
+    ];
+    for (host, port, method, path) in inside {
+        let mut h = hm(&[("authorization", "token mock-GH")]);
+        let v = s.apply_request_headers(&mut h, &req_ctx(host, port, method, path));
+        assert!(
+            matches!(&v, Verdict::Forward { substituted, .. } if substituted == &["GH"]),
+            "{host}:{port} {method} {path}: {v:?}"
+        );
+        assert_eq!(h["authorization"], format!("token {OTHER}").as_str());
+    }
+    let outside = [
+        ("api.github.com", 443, "DELETE", "/repos/acme/widgets"),
+        ("api.github.com", 8443, "GET", "/repos/acme/widgets"),
+        ("api.github.com", 443, "GET", "/repos/evil/widgets"),
+        ("api.github.com", 443, "GET", "/repos/acme/../../user/keys"),
+        ("api.github.com", 443, "GET", "/repos/acmeco/x"),
+        (
+            "github.com",
+            443,
+            "GET",
+            "/acme/widgets.git/git-receive-pack",
+        ),
+    ];
+    for (host, port, method, path) in outside {
+        let mut h = hm(&[("authorization", "token mock-GH")]);
+        let before = h.clone();
+        match s.apply_request_headers(&mut h, &req_ctx(host, port, method, path)) {
+            Verdict::Block { reason, violations } => {
+                assert_eq!(violations[0].gate, "binding", "{reason}");
+                assert!(
+                    reason.contains(&format!("{method} ")) && reason.contains("bindings"),
+                    "{reason}"
+                );
+                assert!(!reason.contains(OTHER));
+                assert!(!reason.contains("page="), "never the query: {reason}");
+            }
+            other => panic!("{host}:{port} {method} {path}: {other:?}"),
+        }
+        assert_eq!(h, before, "blocked requests are untouched");
+    }
+    // A host no entry names is still the `hosts` gate.
+    let mut h = hm(&[("authorization", "token mock-GH")]);
+    match s.apply_request_headers(&mut h, &req_ctx("evil.test", 443, "GET", "/repos/acme/x")) {
+        Verdict::Block { violations, .. } => assert_eq!(violations[0].gate, "hosts"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn binding_gates_inject_query_body_and_absent_request_facts() {
+    let s = bound_set("block");
+    // No placeholder: inject only inside the binding.
+    let mut h = HeaderMap::new();
+    s.apply_request_headers(
+        &mut h,
+        &req_ctx("api.github.com", 443, "GET", "/repos/acme/x"),
+    );
+    assert_eq!(h["authorization"], format!("token {OTHER}").as_str());
+    let mut h = HeaderMap::new();
+    let v = s.apply_request_headers(
+        &mut h,
+        &req_ctx("api.github.com", 443, "POST", "/repos/acme/x"),
+    );
+    assert!(matches!(v, Verdict::Forward { ref substituted, .. } if substituted.is_empty()));
+    assert!(
+        h.get("authorization").is_none(),
+        "never injected outside the binding"
+    );
+    // Query and body are judged the same way.
+    let ctx = req_ctx("api.github.com", 443, "GET", "/repos/evil/x");
+    let (v, _) = s.apply_request_target("/repos/evil/x?t=mock-GH", &ctx, false);
+    assert!(matches!(v, Verdict::Block { ref violations, .. } if violations[0].gate == "binding"));
+    let (v, _) = s.apply_body(b"{\"t\": \"mock-GH\"}", &ctx, false);
+    assert!(matches!(v, Verdict::Block { ref violations, .. } if violations[0].gate == "binding"));
+    // No request facts at hand: a scoped entry never admits (fails closed).
+    let mut h = hm(&[("authorization", "token mock-GH")]);
+    let v = s.apply_request_headers(&mut h, &ok_ctx("api.github.com"));
+    assert!(matches!(v, Verdict::Block { ref violations, .. } if violations[0].gate == "binding"));
+}
+
+#[test]
+fn binding_violation_with_log_forwards_unchanged() {
+    let s = bound_set("log");
+    let mut h = hm(&[("authorization", "token mock-GH")]);
+    match s.apply_request_headers(
+        &mut h,
+        &req_ctx("api.github.com", 443, "PUT", "/repos/acme/x"),
+    ) {
+        Verdict::Forward {
+            substituted,
+            logged_violations,
+        } => {
+            assert!(substituted.is_empty());
+            assert_eq!(logged_violations[0].gate, "binding");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h["authorization"], "token mock-GH");
+}
+
+#[test]
+fn entries_are_alternatives_for_the_same_host() {
+    let p = Policy::from_json_str(
+        r#"{"credentials": {"GH": {"source": {"env": "GH"}, "hosts": [
+            {"host": "api.example.com", "methods": ["GET"]},
+            {"host": "*.example.com", "methods": ["POST"], "paths": ["/upload"]}
+        ]}}}"#,
+    )
+    .unwrap();
+    let s = CredentialSet::load(&p, &env()).unwrap();
+    for (method, path, ok) in [
+        ("GET", "/anything", true),
+        ("POST", "/upload", true),
+        ("POST", "/other", false),
+        ("PUT", "/upload", false),
+    ] {
+        let mut h = hm(&[("authorization", "mock-GH")]);
+        let v = s.apply_request_headers(&mut h, &req_ctx("api.example.com", 443, method, path));
+        assert_eq!(
+            matches!(v, Verdict::Forward { .. }),
+            ok,
+            "{method} {path}: {v:?}"
+        );
+    }
 }
