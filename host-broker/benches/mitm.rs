@@ -248,6 +248,7 @@ fn role_broker() {
     multi_thread().block_on(async move {
         let policy = format!(
             r#"{{"egress": {{"default": "deny", "allow": [{{"hosts": ["api.test", "plain.test"]}}, {{"cidrs": ["127.0.0.1/32"]}}]}},
+                "max_connections": 4096,
                 "credentials": {{"API_KEY": {{"source": {{"env": "API_KEY"}}, "hosts": ["api.test"]}}}},
                 "resolve": {{"api.test": "{upstream}", "plain.test": "{upstream}"}}}}"#
         );
