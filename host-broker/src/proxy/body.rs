@@ -75,7 +75,7 @@ impl Counted {
             return Ok(Vec::new());
         };
         let mut out = match s.decoder.take() {
-            Some(d) => s.scrubber.push(&d.finish()?),
+            Some(d) => s.scrubber.push_vec(d.finish()?),
             None => Vec::new(),
         };
         out.extend(s.scrubber.finish());
@@ -106,7 +106,7 @@ impl Body for Counted {
                         Ok(p) => p,
                         Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
                     };
-                    let out = s.scrubber.push(&plain);
+                    let out = s.scrubber.push_vec(plain);
                     if out.is_empty() {
                         continue;
                     }
@@ -141,9 +141,9 @@ impl Body for Counted {
                                 Ok(p) => p,
                                 Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
                             },
-                            None => data.to_vec(),
+                            None => Vec::from(data),
                         };
-                        let out = s.scrubber.push(&plain);
+                        let out = s.scrubber.push_vec(plain);
                         if out.is_empty() {
                             continue; // all held back: read more
                         }
