@@ -91,7 +91,8 @@ fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> Result<(), TrustError
         source,
     })?;
     let mut n = 0;
-    for cert in rustls_pemfile::certs(&mut &data[..]) {
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&data) {
         let cert = cert.map_err(|e| TrustError::Bad {
             path: path.to_path_buf(),
             reason: e.to_string(),

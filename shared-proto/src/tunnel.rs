@@ -25,6 +25,10 @@ pub const MAX_CHUNK: usize = 64 * 1024;
 const TAG_DATA: u8 = 0;
 const TAG_EOF: u8 = 1;
 const CHUNK_HEADER_LEN: usize = 5;
+/// Size of the read buffer for chunk headers and small chunks. Payload beyond what it holds
+/// is read straight into the caller's buffer, so an idle tunnel does not pin a 64 KiB
+/// buffer (there are many idle tunnels, and two of these per tunnel: agent and broker).
+const READ_BUF: usize = 4 * 1024;
 
 /// A byte stream carried in DATA/EOF chunks over `S`.
 #[derive(Debug)]
@@ -33,7 +37,8 @@ pub struct TunnelStream<S> {
     /// Read buffer: `rbuf[rpos..rend]` are raw bytes read from `inner` and not yet consumed;
     /// `rbuf[rend..]` is spare room, zeroed once when the buffer grows and reused by every
     /// read after (no memset per read). The consumed prefix is dropped before each fill, so
-    /// the buffer never outgrows one read plus a partial chunk header.
+    /// the buffer stays at [`READ_BUF`]: chunk headers and small chunks land here, the rest
+    /// of a large chunk is read straight into the caller's buffer.
     rbuf: Vec<u8>,
     rpos: usize,
     rend: usize,
@@ -111,9 +116,14 @@ impl<S: AsyncRead + Unpin> TunnelStream<S> {
             self.rend -= self.rpos;
             self.rpos = 0;
         }
-        let want = self.rend + MAX_CHUNK + CHUNK_HEADER_LEN;
+        if self.rbuf.len() > READ_BUF && self.rend < READ_BUF {
+            // Bytes handed over by `with_buffered` are used up: back to the small buffer.
+            self.rbuf.truncate(READ_BUF);
+            self.rbuf.shrink_to_fit();
+        }
+        let want = (self.rend + CHUNK_HEADER_LEN).max(READ_BUF);
         if self.rbuf.len() < want {
-            // Only the growth is zeroed, and only once: later reads reuse it.
+            // Allocated on the first read (an idle tunnel holds none) and zeroed once.
             self.rbuf.resize(want, 0);
         }
         let mut rb = ReadBuf::new(&mut self.rbuf[self.rend..]);
@@ -121,6 +131,29 @@ impl<S: AsyncRead + Unpin> TunnelStream<S> {
         let n = rb.filled().len();
         self.rend += n;
         Poll::Ready(Ok(n > 0))
+    }
+
+    /// Reads payload of the current DATA chunk straight from the transport into `buf`
+    /// (nothing is buffered): no copy through `rbuf`, and `rbuf` need not hold a chunk.
+    fn poll_payload_direct(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let want = self.r_remaining.min(buf.remaining());
+        let dst = buf.initialize_unfilled_to(want);
+        let mut rb = ReadBuf::new(dst);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        if n == 0 {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "tunnel transport closed inside a data chunk",
+            )));
+        }
+        buf.advance(n);
+        self.r_remaining -= n;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -145,7 +178,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for TunnelStream<S> {
                 this.r_remaining -= n;
                 return Poll::Ready(Ok(()));
             }
-            if this.r_remaining == 0 && this.buffered().len() >= CHUNK_HEADER_LEN {
+            if this.r_remaining > 0 {
+                return this.poll_payload_direct(cx, buf);
+            }
+            if this.buffered().len() >= CHUNK_HEADER_LEN {
                 let h = this.buffered();
                 let tag = h[0];
                 let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
@@ -184,6 +220,10 @@ impl<S: AsyncWrite + Unpin> TunnelStream<S> {
         }
         self.wbuf.clear();
         self.wpos = 0;
+        if self.wbuf.capacity() > 4 * READ_BUF {
+            // A bulk write grew it to a chunk; an idle tunnel should not keep that.
+            self.wbuf = Vec::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -345,6 +385,37 @@ mod tests {
             peak <= 2 * (MAX_CHUNK + CHUNK_HEADER_LEN),
             "read buffer grew to {peak} bytes after {total} bytes read"
         );
+    }
+
+    #[tokio::test]
+    async fn full_size_chunks_are_read_without_a_chunk_sized_buffer() {
+        // Idle tunnels are many: the per-stream read buffer must not be sized for a whole
+        // 64 KiB chunk. Payload goes straight into the caller's buffer.
+        let mut data = Vec::new();
+        for i in 0..64u8 {
+            data.push(TAG_DATA);
+            data.extend_from_slice(&(MAX_CHUNK as u32).to_be_bytes());
+            data.extend(std::iter::repeat_n(i, MAX_CHUNK));
+        }
+        data.extend_from_slice(&[TAG_EOF, 0, 0, 0, 0]);
+        let mut s = TunnelStream::new(&data[..]);
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut peak = 0;
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            peak = peak.max(s.read_buffer_len());
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got.len(), 64 * MAX_CHUNK);
+        assert!(got
+            .chunks(MAX_CHUNK)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&b| b == i as u8)));
+        assert!(peak <= READ_BUF, "read buffer grew to {peak} bytes");
     }
 
     #[tokio::test]

@@ -41,8 +41,8 @@ pub(super) struct Scrubbing {
 
 impl Scrubbing {
     /// Scrubs decoded bytes; re-compresses them when the body is a gzip file.
-    fn scrub(&mut self, plain: &[u8]) -> Result<Vec<u8>, BoxError> {
-        let out = self.scrubber.push(plain);
+    fn scrub(&mut self, plain: Vec<u8>) -> Result<Vec<u8>, BoxError> {
+        let out = self.scrubber.push_vec(plain);
         match self.reencoder.as_mut() {
             Some(r) if !out.is_empty() => Ok(r.push(&out)?),
             _ => Ok(out),
@@ -88,7 +88,7 @@ impl Counted {
             return Ok(Vec::new());
         };
         let mut out = match s.decoder.take() {
-            Some(d) => s.scrub(&d.finish()?)?,
+            Some(d) => s.scrub(d.finish()?)?,
             None => Vec::new(),
         };
         let rest = s.scrubber.finish();
@@ -126,7 +126,7 @@ impl Body for Counted {
                         Ok(p) => p,
                         Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
                     };
-                    let out = match s.scrub(&plain) {
+                    let out = match s.scrub(plain) {
                         Ok(o) => o,
                         Err(e) => return Poll::Ready(Some(Err(e))),
                     };
@@ -164,9 +164,9 @@ impl Body for Counted {
                                 Ok(p) => p,
                                 Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
                             },
-                            None => data.to_vec(),
+                            None => Vec::from(data),
                         };
-                        let out = match s.scrub(&plain) {
+                        let out = match s.scrub(plain) {
                             Ok(o) => o,
                             Err(e) => return Poll::Ready(Some(Err(e))),
                         };

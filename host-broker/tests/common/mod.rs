@@ -385,7 +385,8 @@ pub async fn read_head(s: &mut TcpStream) -> String {
 /// A client config trusting only `ca_pem`.
 pub fn client_trusting(ca_pem: &str) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
