@@ -14,6 +14,9 @@
 //! - Anything that is not a WebSocket frame (e.g. an HTTP request for another `Host` written
 //!   after the 101) is a protocol error: the relay ends and nothing of it goes upstream.
 //! - A message larger than `max_message` ends the relay (bounded memory per relay).
+//! - No complete frame (data, ping or pong) from either side for [`IDLE_TIMEOUT`] ends the
+//!   relay: a stalled partial frame cannot hold its buffer and fds forever, while an
+//!   application that pings (most do, every 30-60 s) is never idle.
 
 use std::sync::Arc;
 
@@ -25,6 +28,9 @@ use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::secrets::{CredentialSet, GateContext, Verdict};
+
+/// Longest time without a complete frame from either side before the relay is closed.
+pub(super) const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What the relay needs to judge payloads.
 pub(super) struct Relay {
@@ -56,9 +62,22 @@ impl Relay {
         let mut g = WebSocketStream::from_raw_socket(guest, Role::Server, Some(cfg)).await;
         let mut u = WebSocketStream::from_raw_socket(upstream, Role::Client, Some(cfg)).await;
         let (mut to_up, mut to_guest) = (0usize, 0usize);
+        let idle = tokio::time::sleep(IDLE_TIMEOUT);
+        tokio::pin!(idle);
         loop {
             tokio::select! {
+                () = &mut idle => {
+                    tracing::info!(secs = IDLE_TIMEOUT.as_secs(), "WebSocket relay idle; closing");
+                    let close = CloseFrame {
+                        code: CloseCode::Away,
+                        reason: "sluice: WebSocket idle timeout".into(),
+                    };
+                    let _ = g.send(Message::Close(Some(close))).await;
+                    let _ = u.close(None).await;
+                    break;
+                }
                 m = g.next() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
                     let m = match m {
                         Some(Ok(m)) => m,
                         Some(Err(e)) => {
@@ -86,6 +105,7 @@ impl Relay {
                     }
                 }
                 m = u.next() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
                     let m = match m {
                         Some(Ok(m)) => m,
                         Some(Err(e)) => {
@@ -218,4 +238,61 @@ fn truncate_reason(mut s: String) -> String {
         s.pop();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+    use crate::secrets::MapEnv;
+
+    fn relay() -> Relay {
+        let p = Policy::from_json_str(r#"{"egress": {"default": "deny"}}"#).unwrap();
+        Relay {
+            creds: Arc::new(CredentialSet::load(&p, &MapEnv::from_pairs([])).unwrap()),
+            host: "api.test".into(),
+            dialed_by_name: true,
+            max_message: 1 << 20,
+        }
+    }
+
+    /// Both peers connected and silent (the guest stalled inside a frame): the relay ends by
+    /// itself after the idle timeout and tells the guest why. Paused clock, in-memory pipes.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_relay_with_a_stalled_frame_is_closed() {
+        use tokio::io::AsyncWriteExt;
+        let (guest_far, guest) = tokio::io::duplex(4096);
+        let (up_far, up) = tokio::io::duplex(4096);
+        let run = tokio::spawn(relay().run(guest, up));
+        let mut g = guest_far;
+        // A masked text frame announcing 100 bytes, 10 sent.
+        g.write_all(&[0x81, 0x80 | 100, 1, 2, 3, 4]).await.unwrap();
+        g.write_all(&[0u8; 10]).await.unwrap();
+        let ended = tokio::time::timeout(IDLE_TIMEOUT * 2, run).await;
+        assert!(
+            ended.is_ok(),
+            "relay still open after twice the idle timeout"
+        );
+        drop(up_far);
+    }
+
+    /// Pings count as activity: a relay whose guest pings is not idle.
+    #[tokio::test(start_paused = true)]
+    async fn pings_keep_a_relay_open() {
+        let (guest_far, guest) = tokio::io::duplex(4096);
+        let (_up_far, up) = tokio::io::duplex(4096);
+        let run = tokio::spawn(relay().run(guest, up));
+        let mut g = WebSocketStream::from_raw_socket(guest_far, Role::Client, None).await;
+        for _ in 0..5 {
+            tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+            g.send(Message::Ping(Bytes::from_static(b"hi")))
+                .await
+                .unwrap();
+            // The broker's own pong.
+            let pong = g.next().await.unwrap().unwrap();
+            assert!(matches!(pong, Message::Pong(_)), "{pong:?}");
+        }
+        assert!(!run.is_finished(), "a pinging relay was closed");
+        run.abort();
+    }
 }
