@@ -11,6 +11,7 @@ mod connect;
 mod decode;
 mod headers;
 mod http10;
+mod metered;
 mod opaque;
 mod plain;
 mod prefixed;

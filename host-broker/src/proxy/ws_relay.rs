@@ -13,7 +13,8 @@
 //!   hop-by-hop liveness; relaying them would carry payloads nobody scrubs).
 //! - Anything that is not a WebSocket frame (e.g. an HTTP request for another `Host` written
 //!   after the 101) is a protocol error: the relay ends and nothing of it goes upstream.
-//! - A message larger than `max_message` ends the relay (bounded memory per relay).
+//! - A message larger than `max_message` ends the relay (bounded memory per relay), and
+//!   bytes of messages not yet complete count against the VM's body budget (per VM).
 //! - No complete frame (data, ping or pong) from either side for [`IDLE_TIMEOUT`] ends the
 //!   relay: a stalled partial frame cannot hold its buffer and fds forever, while an
 //!   application that pings (most do, every 30-60 s) is never idle.
@@ -27,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use super::metered::Metered;
 use crate::secrets::{CredentialSet, GateContext, Verdict};
 
 /// Longest time without a complete frame from either side before the relay is closed.
@@ -40,6 +42,9 @@ pub(super) struct Relay {
     pub dialed_by_name: bool,
     /// Largest message (and frame) accepted from either side.
     pub max_message: usize,
+    /// The VM's body budget: bytes of messages not yet complete count against it
+    /// (see [`super::metered`]).
+    pub budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// A guest message after gating.
@@ -59,6 +64,8 @@ impl Relay {
         let cfg = WebSocketConfig::default()
             .max_message_size(Some(self.max_message))
             .max_frame_size(Some(self.max_message));
+        let guest = Metered::new(guest, self.budget.clone());
+        let upstream = Metered::new(upstream, self.budget.clone());
         let mut g = WebSocketStream::from_raw_socket(guest, Role::Server, Some(cfg)).await;
         let mut u = WebSocketStream::from_raw_socket(upstream, Role::Client, Some(cfg)).await;
         let (mut to_up, mut to_guest) = (0usize, 0usize);
@@ -78,10 +85,13 @@ impl Relay {
                 }
                 m = g.next() => {
                     idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+                    g.get_mut().release();
                     let m = match m {
                         Some(Ok(m)) => m,
                         Some(Err(e)) => {
                             tracing::info!(error = %e, "guest WebSocket ended");
+                            // Best effort: tell the guest why (protocol error, size, budget).
+                            let _ = g.send(Message::Close(Some(self.refusal(&e)))).await;
                             break;
                         }
                         None => break,
@@ -106,10 +116,12 @@ impl Relay {
                 }
                 m = u.next() => {
                     idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+                    u.get_mut().release();
                     let m = match m {
                         Some(Ok(m)) => m,
                         Some(Err(e)) => {
                             tracing::info!(error = %e, "upstream WebSocket ended");
+                            let _ = g.send(Message::Close(Some(self.refusal(&e)))).await;
                             break;
                         }
                         None => break,
@@ -128,6 +140,17 @@ impl Relay {
             to_guest,
             "WebSocket relay closed (messages)"
         );
+    }
+
+    /// The close frame telling the guest why the relay ended on `e` (scrubbed: an error
+    /// text is upstream-influenced).
+    fn refusal(&self, e: &tokio_tungstenite::tungstenite::Error) -> CloseFrame {
+        let reason =
+            String::from_utf8_lossy(&self.scrub(format!("sluice: {e}").as_bytes())).into_owned();
+        CloseFrame {
+            code: CloseCode::Policy,
+            reason: truncate_reason(reason).into(),
+        }
     }
 
     /// Upstream -> guest: scrubbed. `None` = not relayed.
@@ -253,6 +276,7 @@ mod tests {
             host: "api.test".into(),
             dialed_by_name: true,
             max_message: 1 << 20,
+            budget: Arc::new(tokio::sync::Semaphore::new(1 << 30)),
         }
     }
 
