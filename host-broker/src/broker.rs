@@ -671,6 +671,10 @@ async fn stop(reg: Registered, cids: &RwLock<HashMap<u32, Arc<VmEntry>>>) {
     }
 }
 
+/// Pause between accepts for a VM that has no room left for any stream
+/// (`proxy::saturated`): at most ~200 streams/s refused per flooding VM.
+const SATURATED_ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// How often a hybrid listener checks that its socket file still exists.
 const SOCKET_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -698,6 +702,10 @@ fn spawn_vm_loop(
                                 crate::dispatch::serve_stream(acc, vm.clone(), shared.clone())
                                     .in_current_span(),
                             );
+                            // A VM with no room left is accepted from at a bounded rate.
+                            if crate::proxy::saturated(&vm.current()) {
+                                tokio::time::sleep(SATURATED_ACCEPT_PAUSE).await;
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "accept failed");

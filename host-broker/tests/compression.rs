@@ -102,13 +102,17 @@ async fn spawn_raw(tls: Arc<rustls::ServerConfig>) -> SocketAddr {
 }
 
 async fn raw_world() -> Harness {
+    raw_world_with(CRED_HEADERS).await
+}
+
+async fn raw_world_with(credentials: &str) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), "raw", &["api.test"]);
     let addr = spawn_raw(server_with_alpn(&pki, &[b"http/1.1"])).await;
     let policy = format!(
         r#"{{
         "egress": {{"default": "deny", "allow": [{{"hosts": ["api.test"]}}, {{"cidrs": ["127.0.0.1/32"]}}]}},
-        "credentials": {CRED_HEADERS},
+        "credentials": {credentials},
         "resolve": {{"api.test": "{addr}"}}
     }}"#
     );
@@ -188,4 +192,16 @@ async fn an_undecodable_transfer_coding_is_refused() {
     assert_eq!(status, 502);
     let reason = headers["x-sluice-reason"].to_str().unwrap();
     assert!(reason.contains("br"), "{reason}");
+}
+
+#[tokio::test]
+async fn without_credentials_a_transfer_coding_becomes_a_content_coding() {
+    let h = raw_world_with("{}").await;
+    let (status, headers, body) = fetch(&h, "/te-gzip").await;
+    assert_eq!(status, 200);
+    // Passed through untouched (no credentials, nothing to scrub), but labelled: the
+    // Transfer-Encoding header is hop-by-hop and gone.
+    assert_eq!(headers["content-encoding"], "gzip");
+    let plain = String::from_utf8(gunzip(&body)).unwrap();
+    assert!(plain.starts_with("value="), "decodable by the guest");
 }

@@ -412,3 +412,41 @@ async fn h2_extended_connect_messages_are_scrubbed() {
     let bin = next_msg(&mut ws).await.expect("binary message");
     assert_no_secret("h2: binary", &payload(&bin));
 }
+
+#[tokio::test]
+async fn partial_messages_count_against_the_vm_buffer_budget() {
+    // max_inspected_body 1000: messages up to 1000 bytes, a VM budget of 4 x 1000 bytes.
+    let w = ws_world(r#", "max_inspected_body": 1000"#).await;
+    let mut relays = Vec::new();
+    for _ in 0..6 {
+        let (head, mut tls) = handshake(&w.h, "/echo", "websocket", "").await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        // A masked text frame announcing 900 bytes, 800 of them sent: held by the broker.
+        let mut frame = vec![0x81, 0x80 | 126, (900u16 >> 8) as u8, (900u16 & 0xff) as u8];
+        frame.extend([1, 2, 3, 4]);
+        frame.extend(vec![b'a' ^ 1; 800]);
+        tls.write_all(&frame).await.unwrap();
+        tls.flush().await.unwrap();
+        relays.push(tls);
+    }
+    // 6 x ~808 bytes exceed the 4000-byte budget: some relay is ended (the others wait on).
+    let reads = relays.iter_mut().map(|t| {
+        Box::pin(async move {
+            let mut b = vec![0u8; 256];
+            t.read(&mut b).await.map(|n| b[..n].to_vec())
+        })
+    });
+    let (first, i, _) = tokio::time::timeout(WAIT, futures_util::future::select_all(reads))
+        .await
+        .expect("a relay over the VM's buffer budget is ended");
+    // Ended with a close frame (0x88) whose reason names the budget.
+    let got = first.unwrap_or_else(|e| panic!("relay {i}: {e}"));
+    assert_eq!(got.first(), Some(&0x88), "relay {i}: {got:?}");
+    let reason = String::from_utf8_lossy(got.get(4..).unwrap_or_default());
+    assert!(reason.starts_with("sluice: "), "{reason}");
+    assert!(reason.contains("buffer budget"), "{reason}");
+    assert!(
+        w.rec.messages().is_empty(),
+        "no partial message was forwarded"
+    );
+}

@@ -85,6 +85,12 @@ fn codings(headers: &HeaderMap, name: &http::header::HeaderName) -> Result<Vec<S
     Ok(out)
 }
 
+/// The codings of `Transfer-Encoding` other than `chunked`, in order (`gzip, chunked` ->
+/// `["gzip"]`); hyper decodes only `chunked`.
+pub(super) fn transfer_codings(headers: &HeaderMap) -> Vec<String> {
+    codings(headers, &TRANSFER_ENCODING).unwrap_or_default()
+}
+
 /// Whether the body itself is a gzip file (not a coding: the guest expects gzip bytes).
 fn is_gzip_file(headers: &HeaderMap) -> bool {
     headers

@@ -11,6 +11,7 @@ mod connect;
 mod decode;
 mod headers;
 mod http10;
+mod metered;
 mod opaque;
 mod plain;
 mod prefixed;
@@ -73,6 +74,16 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Whether `vm` has no room left for any stream: every proxy slot and refusal slot taken,
+/// or every control slot. Then its accept loop pauses between accepts (see `broker.rs`):
+/// a VM that reconnects in a tight loop waits in the kernel's backlog instead of making the
+/// broker accept and close thousands of streams a second, CPU the other VMs need.
+pub(crate) fn saturated(vm: &VmState) -> bool {
+    let proxy_full = vm.open_streams.load(Ordering::Acquire) >= vm.policy.connection_limit()
+        && vm.refusing.load(Ordering::Acquire) >= MAX_REFUSING;
+    proxy_full || vm.open_control.load(Ordering::Acquire) >= crate::control::MAX_CONTROL_STREAMS
 }
 
 /// Serves one proxy stream until the guest closes it.

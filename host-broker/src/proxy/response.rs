@@ -49,6 +49,7 @@ pub(super) fn respond(
     let (mut parts, body) = resp.into_parts();
     // Before hop-by-hop headers go: `Transfer-Encoding: gzip, chunked` is a coding too.
     let decoder = Decoder::for_headers(&parts.headers);
+    let transfer_codings = super::decode::transfer_codings(&parts.headers);
     strip_hop_by_hop(&mut parts.headers);
     let scrubbed = creds.scrub_response_headers(&mut parts.headers)
         + scrub_reason_phrase(&mut parts.extensions, creds);
@@ -61,6 +62,13 @@ pub(super) fn respond(
     // Scrub bodies only when there is something to scrub (the scrubber changes lengths, so
     // Content-Length goes and the guest gets a chunked body / DATA frames without length).
     let scrubbing = if creds.is_empty() || body.is_end_stream() {
+        // Transfer-Encoding is hop-by-hop and goes, but a coding in it (`gzip, chunked`)
+        // still wraps the bytes: it becomes a content coding so the guest can undo it.
+        if !transfer_codings.is_empty() {
+            if let Ok(v) = http::HeaderValue::from_str(&transfer_codings.join(", ")) {
+                parts.headers.append(CONTENT_ENCODING, v);
+            }
+        }
         None
     } else {
         let decoder = match decoder {

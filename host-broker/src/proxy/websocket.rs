@@ -250,6 +250,7 @@ pub(super) async fn forward(
         path: request_path,
         dialed_by_name: host.parse::<std::net::IpAddr>().is_err(),
         max_message: usize::try_from(up.vm.policy.body_limit()).unwrap_or(usize::MAX),
+        budget: up.vm.body_budget.clone(),
     };
     let (guest, vm) = (up.guest, up.vm.clone());
     tokio::spawn(

@@ -13,7 +13,11 @@
 //!   hop-by-hop liveness; relaying them would carry payloads nobody scrubs).
 //! - Anything that is not a WebSocket frame (e.g. an HTTP request for another `Host` written
 //!   after the 101) is a protocol error: the relay ends and nothing of it goes upstream.
-//! - A message larger than `max_message` ends the relay (bounded memory per relay).
+//! - A message larger than `max_message` ends the relay (bounded memory per relay), and
+//!   bytes of messages not yet complete count against the VM's body budget (per VM).
+//! - No complete frame (data, ping or pong) from either side for [`IDLE_TIMEOUT`] ends the
+//!   relay: a stalled partial frame cannot hold its buffer and fds forever, while an
+//!   application that pings (most do, every 30-60 s) is never idle.
 
 use std::sync::Arc;
 
@@ -24,7 +28,11 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use super::metered::Metered;
 use crate::secrets::{CredentialSet, GateContext, Verdict};
+
+/// Longest time without a complete frame from either side before the relay is closed.
+pub(super) const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What the relay needs to judge payloads.
 pub(super) struct Relay {
@@ -39,6 +47,9 @@ pub(super) struct Relay {
     pub dialed_by_name: bool,
     /// Largest message (and frame) accepted from either side.
     pub max_message: usize,
+    /// The VM's body budget: bytes of messages not yet complete count against it
+    /// (see [`super::metered`]).
+    pub budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// A guest message after gating.
@@ -58,16 +69,34 @@ impl Relay {
         let cfg = WebSocketConfig::default()
             .max_message_size(Some(self.max_message))
             .max_frame_size(Some(self.max_message));
+        let guest = Metered::new(guest, self.budget.clone());
+        let upstream = Metered::new(upstream, self.budget.clone());
         let mut g = WebSocketStream::from_raw_socket(guest, Role::Server, Some(cfg)).await;
         let mut u = WebSocketStream::from_raw_socket(upstream, Role::Client, Some(cfg)).await;
         let (mut to_up, mut to_guest) = (0usize, 0usize);
+        let idle = tokio::time::sleep(IDLE_TIMEOUT);
+        tokio::pin!(idle);
         loop {
             tokio::select! {
+                () = &mut idle => {
+                    tracing::info!(secs = IDLE_TIMEOUT.as_secs(), "WebSocket relay idle; closing");
+                    let close = CloseFrame {
+                        code: CloseCode::Away,
+                        reason: "sluice: WebSocket idle timeout".into(),
+                    };
+                    let _ = g.send(Message::Close(Some(close))).await;
+                    let _ = u.close(None).await;
+                    break;
+                }
                 m = g.next() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+                    g.get_mut().release();
                     let m = match m {
                         Some(Ok(m)) => m,
                         Some(Err(e)) => {
                             tracing::info!(error = %e, "guest WebSocket ended");
+                            // Best effort: tell the guest why (protocol error, size, budget).
+                            let _ = g.send(Message::Close(Some(self.refusal(&e)))).await;
                             break;
                         }
                         None => break,
@@ -91,10 +120,13 @@ impl Relay {
                     }
                 }
                 m = u.next() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+                    u.get_mut().release();
                     let m = match m {
                         Some(Ok(m)) => m,
                         Some(Err(e)) => {
                             tracing::info!(error = %e, "upstream WebSocket ended");
+                            let _ = g.send(Message::Close(Some(self.refusal(&e)))).await;
                             break;
                         }
                         None => break,
@@ -113,6 +145,17 @@ impl Relay {
             to_guest,
             "WebSocket relay closed (messages)"
         );
+    }
+
+    /// The close frame telling the guest why the relay ended on `e` (scrubbed: an error
+    /// text is upstream-influenced).
+    fn refusal(&self, e: &tokio_tungstenite::tungstenite::Error) -> CloseFrame {
+        let reason =
+            String::from_utf8_lossy(&self.scrub(format!("sluice: {e}").as_bytes())).into_owned();
+        CloseFrame {
+            code: CloseCode::Policy,
+            reason: truncate_reason(reason).into(),
+        }
     }
 
     /// Upstream -> guest: scrubbed. `None` = not relayed.
@@ -228,4 +271,62 @@ fn truncate_reason(mut s: String) -> String {
         s.pop();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+    use crate::secrets::MapEnv;
+
+    fn relay() -> Relay {
+        let p = Policy::from_json_str(r#"{"egress": {"default": "deny"}}"#).unwrap();
+        Relay {
+            creds: Arc::new(CredentialSet::load(&p, &MapEnv::from_pairs([])).unwrap()),
+            host: "api.test".into(),
+            dialed_by_name: true,
+            max_message: 1 << 20,
+            budget: Arc::new(tokio::sync::Semaphore::new(1 << 30)),
+        }
+    }
+
+    /// Both peers connected and silent (the guest stalled inside a frame): the relay ends by
+    /// itself after the idle timeout and tells the guest why. Paused clock, in-memory pipes.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_relay_with_a_stalled_frame_is_closed() {
+        use tokio::io::AsyncWriteExt;
+        let (guest_far, guest) = tokio::io::duplex(4096);
+        let (up_far, up) = tokio::io::duplex(4096);
+        let run = tokio::spawn(relay().run(guest, up));
+        let mut g = guest_far;
+        // A masked text frame announcing 100 bytes, 10 sent.
+        g.write_all(&[0x81, 0x80 | 100, 1, 2, 3, 4]).await.unwrap();
+        g.write_all(&[0u8; 10]).await.unwrap();
+        let ended = tokio::time::timeout(IDLE_TIMEOUT * 2, run).await;
+        assert!(
+            ended.is_ok(),
+            "relay still open after twice the idle timeout"
+        );
+        drop(up_far);
+    }
+
+    /// Pings count as activity: a relay whose guest pings is not idle.
+    #[tokio::test(start_paused = true)]
+    async fn pings_keep_a_relay_open() {
+        let (guest_far, guest) = tokio::io::duplex(4096);
+        let (_up_far, up) = tokio::io::duplex(4096);
+        let run = tokio::spawn(relay().run(guest, up));
+        let mut g = WebSocketStream::from_raw_socket(guest_far, Role::Client, None).await;
+        for _ in 0..5 {
+            tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+            g.send(Message::Ping(Bytes::from_static(b"hi")))
+                .await
+                .unwrap();
+            // The broker's own pong.
+            let pong = g.next().await.unwrap().unwrap();
+            assert!(matches!(pong, Message::Pong(_)), "{pong:?}");
+        }
+        assert!(!run.is_finished(), "a pinging relay was closed");
+        run.abort();
+    }
 }
