@@ -284,6 +284,9 @@ mod tests {
         Relay {
             creds: Arc::new(CredentialSet::load(&p, &MapEnv::from_pairs([])).unwrap()),
             host: "api.test".into(),
+            port: 443,
+            method: "GET".into(),
+            path: "/ws".into(),
             dialed_by_name: true,
             max_message: 1 << 20,
             budget: Arc::new(tokio::sync::Semaphore::new(1 << 30)),
