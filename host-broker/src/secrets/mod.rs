@@ -16,6 +16,7 @@ mod placeholders;
 mod refresh;
 mod scrub;
 mod set;
+pub mod sigv4;
 mod value;
 
 pub use command::CommandFailure;
