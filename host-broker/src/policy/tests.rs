@@ -425,7 +425,7 @@ fn docs_examples_parse() {
             n += 1;
         }
     }
-    assert_eq!(n, 2);
+    assert_eq!(n, 3);
 }
 
 #[test]
