@@ -1,13 +1,17 @@
-//! The control stream: reach the broker, say hello, get the GuestConfig.
+//! The control stream: reach the broker, say hello, get the guest's settings.
 //!
 //! The broker may come up after the VM (it is registered by a VMM manager), so connecting
 //! retries with exponential backoff, telling the console, until `sluice.timeout`.
+//!
+//! The hello asks for the newest control protocol this agent speaks; the broker answers in
+//! the newest both speak (shared_proto::negotiate). A broker that only speaks 1 refuses any
+//! other version, so the agent then says hello again in v1.
 
 use std::time::{Duration, Instant};
 
+use shared_proto::negotiate::{self, GuestSettings, NegotiateError};
 use shared_proto::{
-    AgentHello, AgentMessage, BootMode, BrokerMessage, GuestConfig, ProtoError, StreamHeader,
-    StreamKind, WorkloadExit, PROTOCOL_VERSION,
+    AgentMessage, BootMode, BrokerMessage, ProtoError, StreamHeader, StreamKind, WorkloadExit,
 };
 use tracing::{info, warn};
 
@@ -26,6 +30,8 @@ pub enum BrokerError {
     Refused(String),
     #[error("broker protocol error: {0}")]
     Protocol(#[from] ProtoError),
+    #[error("broker protocol error: {0}")]
+    Negotiation(#[from] NegotiateError),
     #[error("broker sent {0} where a config was expected")]
     Unexpected(&'static str),
     #[error("broker did not answer within {0} s")]
@@ -78,46 +84,69 @@ pub async fn connect_with_backoff(
     }
 }
 
-/// Opens the control stream and exchanges hello -> config, all within `timeout`.
+/// Opens the control stream and exchanges hello -> config, all within `timeout`; falls back
+/// to a v1 hello once if the broker only speaks v1.
 pub async fn fetch_config(
     endpoint: &Endpoint,
     mode: BootMode,
     timeout: Duration,
-) -> Result<(Control, GuestConfig), BrokerError> {
+) -> Result<(Control, GuestSettings), BrokerError> {
+    let start = Instant::now();
+    match fetch_in(endpoint, mode, timeout, negotiate::MAX_PROTOCOL_VERSION).await {
+        Err(BrokerError::Refused(reason)) if reason.contains(negotiate::V1_ONLY_REFUSAL) => {
+            info!("the broker speaks only control protocol 1; saying hello again in v1");
+            let left = timeout
+                .saturating_sub(start.elapsed())
+                .max(Duration::from_secs(5));
+            fetch_in(endpoint, mode, left, 1).await
+        }
+        other => other,
+    }
+}
+
+async fn fetch_in(
+    endpoint: &Endpoint,
+    mode: BootMode,
+    timeout: Duration,
+    version: u8,
+) -> Result<(Control, GuestSettings), BrokerError> {
     let start = Instant::now();
     let io = connect_with_backoff(endpoint, timeout).await?;
     let remaining = timeout
         .saturating_sub(start.elapsed())
         .max(Duration::from_secs(5));
-    tokio::time::timeout(remaining, hello(io, mode))
+    tokio::time::timeout(remaining, hello(io, mode, version))
         .await
         .map_err(|_| BrokerError::Timeout(remaining.as_secs()))?
 }
 
-/// The hello exchange on an already connected stream.
-pub async fn hello(mut io: BoxedIo, mode: BootMode) -> Result<(Control, GuestConfig), BrokerError> {
+/// The hello exchange on an already connected stream, asking for protocol `version` at most.
+pub async fn hello(
+    mut io: BoxedIo,
+    mode: BootMode,
+    version: u8,
+) -> Result<(Control, GuestSettings), BrokerError> {
     let header = StreamHeader {
         kind: StreamKind::Control,
     };
     shared_proto::write_stream_header(&mut io, &header).await?;
-    let msg = AgentMessage::Hello(AgentHello {
-        protocol_version: PROTOCOL_VERSION,
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        boot_mode: mode,
-    });
+    let msg = negotiate::hello(env!("CARGO_PKG_VERSION"), mode, version);
     shared_proto::write_message(&mut io, &msg).await?;
-    match shared_proto::read_message::<_, BrokerMessage>(&mut io).await? {
-        BrokerMessage::Config(cfg) => {
-            info!(
-                vm_id = %cfg.vm_id,
-                cas = cfg.ca_certs_pem.len(),
-                vars = cfg.env.len(),
-                "received guest config"
-            );
-            Ok((Control { io }, cfg))
-        }
+    let reply = shared_proto::read_message::<_, BrokerMessage>(&mut io).await?;
+    if let Some(cfg) = negotiate::settings_from(&reply, version)? {
+        info!(
+            vm_id = %cfg.config.vm_id,
+            protocol = cfg.protocol_version,
+            features = ?cfg.features,
+            cas = cfg.config.ca_certs_pem.len(),
+            vars = cfg.config.env.len(),
+            "received guest config"
+        );
+        return Ok((Control { io }, cfg));
+    }
+    match reply {
         BrokerMessage::Refused { reason } => Err(BrokerError::Refused(reason)),
-        BrokerMessage::Ack => Err(BrokerError::Unexpected("Ack")),
+        _ => Err(BrokerError::Unexpected("Ack")),
     }
 }
 
@@ -129,7 +158,9 @@ impl Control {
             shared_proto::write_message(&mut self.io, &msg).await?;
             match shared_proto::read_message::<_, BrokerMessage>(&mut self.io).await? {
                 BrokerMessage::Ack => Ok(()),
-                BrokerMessage::Config(_) => Err(BrokerError::Unexpected("Config")),
+                BrokerMessage::Config(_) | BrokerMessage::Negotiated(_) => {
+                    Err(BrokerError::Unexpected("Config"))
+                }
                 BrokerMessage::Refused { reason } => Err(BrokerError::Refused(reason)),
             }
         })

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::reboot::{reboot, RebootMode};
+use shared_proto::negotiate::GuestSettings;
 use shared_proto::{AgentMessage, BootMode, GuestConfig};
 use tracing::{info, warn};
 
@@ -149,8 +150,14 @@ async fn run(settings: Settings) -> Result<Handover, Fatal> {
         Mode::Systemd => BootMode::Systemd,
     };
     info!("contacting the broker at {endpoint}");
-    let (mut control, config) =
+    let (mut control, offered) =
         broker::fetch_config(&endpoint, boot_mode, settings.timeout).await?;
+    let capture = settings.capture && capture_served(&offered);
+    let settings = Settings {
+        capture,
+        ..settings
+    };
+    let config = offered.config;
     let result = match settings.mode {
         Mode::Exec => run_exec(&settings, &mut control, &config, endpoint).await,
         Mode::Systemd => prepare_systemd(&settings, &config).await,
@@ -165,6 +172,20 @@ async fn run(settings: Settings) -> Result<Handover, Fatal> {
         }
     }
     result
+}
+
+/// Transparent capture needs the broker to serve both TCP and DNS streams; an older broker
+/// that does not announce them leaves the guest with its proxy variables only.
+fn capture_served(offered: &GuestSettings) -> bool {
+    use shared_proto::negotiate::feature;
+    let served = offered.has(feature::TCP_CAPTURE) && offered.has(feature::DNS);
+    if !served {
+        warn!(
+            features = ?offered.features,
+            "the broker does not serve transparent capture; only clients that honour the proxy variables get out"
+        );
+    }
+    served
 }
 
 fn proxy_port(config: &GuestConfig) -> u16 {

@@ -49,7 +49,7 @@ async fn config_then_exit_report() {
     let (mut control, got) = broker::fetch_config(&ep, BootMode::Exec, Duration::from_secs(10))
         .await
         .unwrap();
-    assert_eq!(got, cfg);
+    assert_eq!(got.config, cfg);
     let exit = WorkloadExit {
         code: Some(4),
         signal: None,

@@ -42,7 +42,7 @@ async fn a_broker_that_appears_late_is_found() {
         BrokerMessage::Config(GuestConfig::default()),
     ));
     let (_, cfg) = client.await.unwrap().unwrap();
-    assert_eq!(cfg, GuestConfig::default());
+    assert_eq!(cfg.config, GuestConfig::default());
 }
 
 /// A log writer that signals when the agent reports it is waiting for the broker.

@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
         state_dir: dir.path().join("state"),
         vsock_port: shared_proto::DEFAULT_VSOCK_PORT,
         upstream_extra_roots: Vec::new(),
+        listener_access: Default::default(),
     })
     .await?;
     let mut events = broker.subscribe();

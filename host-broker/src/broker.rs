@@ -30,6 +30,8 @@ pub struct BrokerConfig {
     pub vsock_port: u32,
     /// PEM files with extra upstream trust anchors, added to the host store.
     pub upstream_extra_roots: Vec<PathBuf>,
+    /// Mode and group of every hybrid-vsock listener socket (the VMM must connect to it).
+    pub listener_access: crate::transport::unix::SocketAccess,
 }
 
 /// How a VM's streams reach the broker.
@@ -329,7 +331,10 @@ impl Broker {
                         vm: other.entry.id.clone(),
                     });
                 }
-                Some((HybridListener::bind(&path)?, path))
+                Some((
+                    HybridListener::bind_with(&path, &self.inner.config.listener_access)?,
+                    path,
+                ))
             }
             VmTransport::Cid(cid) => {
                 self.ensure_vsock_listener()?;

@@ -7,6 +7,8 @@
 //! control_socket = "/run/sluice/control.sock"  # optional, this default
 //! allowed_uids = [0, 990]           # optional, default: the daemon's uid and 0
 //! metrics_listen = "127.0.0.1:9464" # optional: also serve /metrics over TCP
+//! listener_mode = "0660"            # optional: mode of every VM's `<socket>_<port>` listener
+//! listener_group = "kvm"            # optional: its group (name or gid), e.g. the VMM's
 //!
 //! [[vms]]
 //! id = "vm1"
@@ -51,6 +53,8 @@ struct RawConfig {
     control_socket: Option<PathBuf>,
     allowed_uids: Option<Vec<u32>>,
     metrics_listen: Option<std::net::SocketAddr>,
+    listener_mode: Option<String>,
+    listener_group: Option<String>,
     #[serde(default)]
     vms: Vec<RawVm>,
 }
@@ -119,6 +123,21 @@ impl ServeConfig {
         if vsock_port == 0 {
             return Err(field("vsock_port".into(), "must be 1..=4294967295"));
         }
+        let listener_access = crate::SocketAccess {
+            mode: match raw.listener_mode.as_deref() {
+                None => crate::SocketAccess::default().mode,
+                Some(m) => parse_mode(m).ok_or_else(|| {
+                    field(
+                        "listener_mode".into(),
+                        "an octal mode string such as \"0660\" (at most 0777)",
+                    )
+                })?,
+            },
+            gid: match raw.listener_group.as_deref() {
+                None => None,
+                Some(g) => Some(resolve_group(g).map_err(|m| field("listener_group".into(), &m))?),
+            },
+        };
         let mut vms = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         for (i, vm) in raw.vms.into_iter().enumerate() {
@@ -179,15 +198,60 @@ impl ServeConfig {
                 state_dir: abs(state_dir),
                 vsock_port,
                 upstream_extra_roots: raw.upstream_extra_roots.into_iter().map(abs).collect(),
+                listener_access,
             },
             vms,
         })
     }
 }
 
+/// `"0660"` / `"660"` -> 0o660; nothing above 0o777.
+fn parse_mode(s: &str) -> Option<u32> {
+    let m = u32::from_str_radix(s.trim_start_matches("0o"), 8).ok()?;
+    (m <= 0o777).then_some(m)
+}
+
+/// A group name or numeric gid -> gid.
+fn resolve_group(g: &str) -> Result<u32, String> {
+    if let Ok(gid) = g.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(g) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(format!("no group named {g:?} on this host")),
+        Err(e) => Err(format!("looking up group {g:?}: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listener_mode_and_group_parsed_and_checked() {
+        let c =
+            parse("state_dir = \"/s\"\nlistener_mode = \"0640\"\nlistener_group = \"0\"").unwrap();
+        assert_eq!(c.broker.listener_access.mode, 0o640);
+        assert_eq!(c.broker.listener_access.gid, Some(0));
+        let d = parse("state_dir = \"/s\"").unwrap();
+        assert_eq!(d.broker.listener_access, crate::SocketAccess::default());
+        assert_eq!(d.broker.listener_access.mode, 0o660);
+        let e = parse("state_dir = \"/s\"\nlistener_mode = \"1777\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listener_mode"), "{e}");
+        let e = parse("state_dir = \"/s\"\nlistener_mode = \"rw\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listener_mode"), "{e}");
+        let e = parse("state_dir = \"/s\"\nlistener_group = \"no-such-group-sluice\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("listener_group") && e.contains("no group named"),
+            "{e}"
+        );
+    }
 
     fn parse(s: &str) -> Result<ServeConfig, ConfigError> {
         ServeConfig::from_toml_str(s, Path::new("t.toml"), Path::new("/etc/sluice"))

@@ -5,9 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use shared_proto::negotiate::{self, feature, GuestSettings};
 use shared_proto::{
     decode_frame, write_message, AgentMessage, BrokerMessage, GuestConfig, ProtoError,
-    MAX_FRAME_LEN, PROTOCOL_VERSION,
+    MAX_FRAME_LEN,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
@@ -30,6 +31,17 @@ pub(crate) fn guest_config(vm: &VmState) -> GuestConfig {
         env,
         proxy_port: GUEST_PROXY_PORT,
         no_proxy: Vec::new(),
+    }
+}
+
+/// What the VM's agent is told in a negotiated (v2+) hello: the v1 fields plus the broker's
+/// version and the optional stream kinds it serves.
+pub(crate) fn guest_settings(vm: &VmState) -> GuestSettings {
+    GuestSettings {
+        config: guest_config(vm),
+        protocol_version: 0,
+        broker_version: env!("CARGO_PKG_VERSION").into(),
+        features: vec![feature::TCP_CAPTURE.into(), feature::DNS.into()],
     }
 }
 
@@ -189,15 +201,14 @@ where
                     agent_version: hello.agent_version.clone(),
                     boot_mode: hello.boot_mode,
                 });
-                if hello.protocol_version != PROTOCOL_VERSION {
-                    BrokerMessage::Refused {
-                        reason: format!(
-                            "agent speaks protocol {}, broker speaks {PROTOCOL_VERSION}",
-                            hello.protocol_version
-                        ),
+                match negotiate::choose(hello.protocol_version) {
+                    Ok(version) => {
+                        tracing::debug!(version, "control protocol negotiated");
+                        negotiate::config_message(version, &guest_settings(&vm))
                     }
-                } else {
-                    BrokerMessage::Config(guest_config(&vm))
+                    Err(e) => BrokerMessage::Refused {
+                        reason: e.to_string(),
+                    },
                 }
             }
             AgentMessage::WorkloadExited(exit) => {

@@ -26,3 +26,4 @@ pub use broker::{Broker, BrokerConfig, BrokerError, BrokerEvent, VmInfo, VmSpec,
 pub use control::GUEST_PROXY_PORT;
 pub use dispatch::HEADER_TIMEOUT;
 pub use metrics::VmStats;
+pub use transport::unix::SocketAccess;

@@ -36,9 +36,10 @@ struct Cli {
     /// Log as JSON lines (for the audit log).
     #[arg(long, global = true)]
     json: bool,
-    /// The daemon's control socket (client commands).
-    #[arg(long, env = "SLUICE_SOCKET", default_value = DEFAULT_CONTROL_SOCKET, global = true)]
-    socket: PathBuf,
+    /// The daemon's control socket: where client commands connect, and where `serve`
+    /// listens (over the config file's `control_socket`). Default /run/sluice/control.sock.
+    #[arg(long, env = "SLUICE_SOCKET", global = true)]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -174,7 +175,7 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One readable chain, no backtrace: this is an operator-facing message.
-            eprintln!("host-broker: error: {e:#}");
+            eprintln!("host-broker: error: {}", cli::error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }
@@ -188,6 +189,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let client_socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
     match cli.command {
         Command::Policy(PolicyCommand::Check { file }) => {
             // The error already names the file and the field.
@@ -198,14 +203,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve { config } => {
             let _log_guard = init_logging(&cli.log, cli.json)?;
-            let cfg = host_broker::config::ServeConfig::from_path(&config)?;
+            let mut cfg = host_broker::config::ServeConfig::from_path(&config)?;
+            if let Some(socket) = cli.socket {
+                cfg.control.socket = socket;
+            }
             runtime()?.block_on(cli::serve::serve(cfg))
         }
-        Command::Vm(c) => runtime()?.block_on(cli::commands::vm(&cli.socket, c)),
-        Command::Credentials(c) => runtime()?.block_on(cli::commands::credentials(&cli.socket, c)),
-        Command::Ca(CaCommand::Show { id }) => {
-            runtime()?.block_on(cli::commands::ca_show(&cli.socket, &id))
+        Command::Vm(c) => runtime()?.block_on(cli::commands::vm(&client_socket, c)),
+        Command::Credentials(c) => {
+            runtime()?.block_on(cli::commands::credentials(&client_socket, c))
         }
-        Command::Metrics => runtime()?.block_on(cli::commands::metrics(&cli.socket)),
+        Command::Ca(CaCommand::Show { id }) => {
+            runtime()?.block_on(cli::commands::ca_show(&client_socket, &id))
+        }
+        Command::Metrics => runtime()?.block_on(cli::commands::metrics(&client_socket)),
     }
 }

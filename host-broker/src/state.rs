@@ -25,6 +25,9 @@ pub(crate) struct VmState {
     pub closed: tokio::sync::watch::Receiver<bool>,
     /// Proxy streams open right now (shared by every version; per-VM connection limit).
     pub open_streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// Proxy streams over the limit still being answered `503` (shared by every version;
+    /// `proxy::MAX_REFUSING`: beyond it a stream is closed unanswered, bounding fds).
+    pub refusing: Arc<std::sync::atomic::AtomicUsize>,
     /// Control streams open right now (shared by every version; `control::MAX_CONTROL_STREAMS`).
     pub open_control: Arc<std::sync::atomic::AtomicUsize>,
     /// Request-body bytes this VM may hold buffered for inspection at once (shared by every
@@ -53,6 +56,7 @@ impl VmState {
             leaves,
             closed,
             open_streams: Arc::default(),
+            refusing: Arc::default(),
             open_control: Arc::default(),
             body_budget: Arc::new(tokio::sync::Semaphore::new(budget)),
             body_budget_size: Arc::new(std::sync::Mutex::new(budget)),
@@ -71,6 +75,7 @@ impl VmState {
             leaves: self.leaves.clone(),
             closed: self.closed.clone(),
             open_streams: self.open_streams.clone(),
+            refusing: self.refusing.clone(),
             open_control: self.open_control.clone(),
             body_budget: self.body_budget.clone(),
             body_budget_size: self.body_budget_size.clone(),

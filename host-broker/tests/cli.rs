@@ -110,3 +110,17 @@ async fn serve_answers_the_control_stream_and_stops_on_sigterm() {
         "socket removed on shutdown"
     );
 }
+
+/// An I/O error is named once: the library error already carries its cause.
+#[test]
+fn an_io_error_names_its_cause_once() {
+    for args in [
+        &["policy", "check", "/nonexistent-sluice.json"][..],
+        &["serve", "--config", "/nonexistent-sluice.toml"][..],
+    ] {
+        let out = std::process::Command::new(BIN).args(args).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches("No such file").count(), 1, "{args:?}: {err}");
+    }
+}

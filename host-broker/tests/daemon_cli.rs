@@ -178,3 +178,24 @@ async fn http_get(addr: &str, path: &str) -> (u16, String) {
     let b = resp.into_body().collect().await.unwrap().to_bytes();
     (st, String::from_utf8_lossy(&b).into_owned())
 }
+
+/// The global `--socket` (here as `$SLUICE_SOCKET`) also moves the daemon's own control
+/// socket, over the config file's `control_socket`: one flag for both sides.
+#[tokio::test]
+async fn serve_listens_on_the_global_socket_over_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let wanted = dir.path().join("from-flag.sock");
+    let d = start_daemon_env(
+        dir.path(),
+        "",
+        &[("SLUICE_SOCKET", wanted.to_str().unwrap())],
+    )
+    .await;
+    assert!(
+        !dir.path().join("ctl.sock").exists(),
+        "the config file's control_socket was used despite --socket"
+    );
+    let (status, body) = api(&wanted, "GET", "/v1/vms", None).await;
+    assert_eq!(status, 200, "{body}");
+    drop(d);
+}

@@ -95,8 +95,9 @@ async fn register_rotate_stats_metrics_unregister() {
     assert_eq!(stats["substitutions"], 2, "{stats}");
     assert_eq!(stats["verdicts"]["forwarded"], 2, "{stats}");
     assert_eq!(stats["violations"], 0, "{stats}");
-    // A denied CONNECT counts as a violation.
-    let (code, _, _) = connect_via(proxy, "evil.test:443").await;
+    // A denied CONNECT counts as a violation (an address no rule allows; a name that
+    // merely fails to resolve would be a 502 upstream failure, not a violation).
+    let (code, _, _) = connect_via(proxy, "192.0.2.1:443").await;
     assert_eq!(code, 403);
     let (_, stats) = d.api_json("GET", "/v1/vms/vm1/stats", None).await;
     assert_eq!(stats["violations"], 1, "{stats}");

@@ -45,8 +45,9 @@ fn assert_no_secret(what: &str, text: &str) {
 async fn leaky_answer(mut req: Request<Incoming>) -> Response<UpBody> {
     let path = req.uri().path().to_owned();
     if path == "/ws" {
-        // `101 Switching Protocols <real value>`, the value in the Upgrade token and as a
-        // header name; the upgraded stream is held open (nothing is sent on it).
+        // `101 Switching Protocols <real value>`, the value as a header name; the upgraded
+        // stream is held open (nothing is sent on it). (An Upgrade token other than
+        // `websocket` is refused outright: tests/websocket.rs.)
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(up) = on.await {
@@ -60,7 +61,7 @@ async fn leaky_answer(mut req: Request<Incoming>) -> Response<UpBody> {
         r.extensions_mut()
             .insert(hyper::ext::ReasonPhrase::try_from(reason).unwrap());
         let h = r.headers_mut();
-        h.insert("upgrade", format!("websocket/{SECRET}").parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
         h.insert("connection", "upgrade".parse().unwrap());
         h.insert(
             http::HeaderName::from_bytes(SECRET.as_bytes()).unwrap(),
@@ -160,7 +161,7 @@ async fn real_value_in_the_http1_reason_phrase_is_scrubbed() {
 }
 
 #[tokio::test]
-async fn real_value_in_a_101_reason_upgrade_token_or_header_name_is_scrubbed() {
+async fn real_value_in_a_101_reason_or_header_name_is_scrubbed() {
     let h = leaky_world(H1_ONLY).await;
     let mut tls = raw_h1_tls(&h, "api.test").await;
     tls.write_all(
@@ -188,7 +189,7 @@ async fn real_value_in_a_101_reason_upgrade_token_or_header_name_is_scrubbed() {
         "status line"
     );
     assert!(
-        lower.contains("\r\nupgrade: websocket/mock-api_key\r\n"),
+        lower.contains("\r\nupgrade: websocket\r\n"),
         "upgrade token"
     );
     assert!(lower.contains("\r\nmock-api_key: w\r\n"), "renamed header");

@@ -377,7 +377,6 @@ async fn ws_handshake(w: &World, host: &str, auth: &str) -> (String, ClientTls) 
 
 #[tokio::test]
 async fn websocket_upgrade_is_gated_substituted_then_relayed() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let w = world(BOTH, CRED_HEADERS, "").await;
     let (head, mut tls) = ws_handshake(&w, "api.test", "Bearer mock-API_KEY").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
@@ -396,14 +395,23 @@ async fn websocket_upgrade_is_gated_substituted_then_relayed() {
         "upgrade must use an HTTP/1.1 upstream connection"
     );
     assert_real_auth(g);
-    for msg in [&b"ping-1"[..], b"second message"] {
-        tls.write_all(msg).await.unwrap();
-        let mut back = vec![0u8; msg.len()];
-        tokio::time::timeout(WAIT, tls.read_exact(&mut back))
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        &mut tls,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    for msg in ["ping-1", "second message"] {
+        use futures_util::{SinkExt, StreamExt};
+        ws.send(tokio_tungstenite::tungstenite::Message::text(msg))
+            .await
+            .unwrap();
+        let back = tokio::time::timeout(WAIT, ws.next())
             .await
             .unwrap()
+            .unwrap()
             .unwrap();
-        assert_eq!(back, msg);
+        assert_eq!(back.to_text().unwrap(), msg);
     }
 
     // The same handshake toward a host outside the credential's hosts is refused.
@@ -447,7 +455,6 @@ async fn h2_guest_streams_are_not_stalled_by_a_long_response_on_an_http1_upstrea
 #[tokio::test]
 async fn websocket_over_h2_extended_connect_is_gated_and_relayed() {
     use hyper_util::rt::TokioIo;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let w = world(BOTH, CRED_HEADERS, "").await;
     let mut c = h2_client(&w.h, "api.test", 443).await;
     // One ordinary request first, so the broker's SETTINGS (extended CONNECT) are in.
@@ -480,14 +487,26 @@ async fn websocket_over_h2_extended_connect_is_gated_and_relayed() {
         .await
         .unwrap()
         .unwrap();
-    let mut io = TokioIo::new(up);
-    io.write_all(b"ws-over-h2").await.unwrap();
-    let mut back = [0u8; 10];
-    tokio::time::timeout(WAIT, io.read_exact(&mut back))
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(up),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    {
+        use futures_util::{SinkExt, StreamExt};
+        ws.send(tokio_tungstenite::tungstenite::Message::binary(
+            &b"ws-over-h2"[..],
+        ))
         .await
-        .unwrap()
         .unwrap();
-    assert_eq!(&back, b"ws-over-h2");
+        let back = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.into_data().as_ref(), b"ws-over-h2");
+    }
     let g = w.echo.requests().pop().unwrap();
     assert_eq!((g.method.as_str(), g.version.as_str()), ("GET", "HTTP/1.1"));
     assert_eq!(g.header("upgrade"), Some("websocket"));

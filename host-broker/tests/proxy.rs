@@ -262,7 +262,9 @@ async fn ip_literal_target_gets_an_ip_san_leaf_and_no_credentials() {
 #[tokio::test]
 async fn egress_denied_host_is_403_with_reason() {
     let w = world(true).await;
-    let (status, head, _) = connect_via(w.h.proxy, "evil.example:443").await;
+    // An address no rule allows (with the loopback CIDR rule any name may be tried; one that
+    // does not resolve is a 502 upstream failure, see below).
+    let (status, head, _) = connect_via(w.h.proxy, "192.0.2.1:443").await;
     assert_eq!(status, 403, "{head}");
     assert!(head.to_ascii_lowercase().contains("x-sluice-reason:"));
 }
@@ -295,4 +297,21 @@ async fn unregistering_the_vm_ends_its_open_tunnels() {
     .await;
     assert!(closed.is_ok(), "tunnel still open after unregister");
     assert!(w.tls_up.requests().iter().all(|s| s.path != "/after"));
+}
+
+/// A name the policy allows that DNS cannot resolve is an upstream failure (502 `failed`),
+/// not a policy denial: not a 403 and not counted as a violation. (`.invalid` never
+/// resolves, RFC 6761; a resolver that does not answer at all ends the same way, after the
+/// resolve timeout.)
+#[tokio::test]
+async fn an_allowed_name_that_does_not_resolve_is_502_failed_not_a_violation() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy =
+        r#"{"egress": {"default": "deny", "allow": [{"hosts": ["sluice-test.invalid"]}]}}"#;
+    let h = harness_in(dir, policy, &[], vec![]).await;
+    let (status, head, _) = connect_via(h.proxy, "sluice-test.invalid:443").await;
+    assert_eq!(status, 502, "{head}");
+    assert!(head.contains("cannot resolve"), "{head}");
+    let stats = h.broker.stats("vm1").unwrap();
+    assert_eq!(stats.violations, 0, "{stats:?}");
 }

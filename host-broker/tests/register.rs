@@ -47,6 +47,7 @@ async fn a_second_broker_on_the_same_state_dir_is_refused_and_touches_nothing() 
         state_dir: dir.path().join("state"),
         vsock_port: shared_proto::DEFAULT_VSOCK_PORT,
         upstream_extra_roots: vec![],
+        listener_access: Default::default(),
     })
     .await;
     let err = second.map(|_| ()).unwrap_err();

@@ -21,6 +21,7 @@ async fn control_stream_over_af_vsock_loopback() {
         state_dir: dir.path().join("state"),
         vsock_port: port,
         upstream_extra_roots: vec![],
+        listener_access: Default::default(),
     })
     .await
     .unwrap();

@@ -14,6 +14,8 @@
 //!   original destination; one [`TcpReply`] frame from the broker, then tunnel chunks.
 //! * [`StreamKind::Dns`]: one name the guest looked up; one [`DnsReply`] frame back.
 //!
+//! The control conversation is versioned separately from the framing: see [`negotiate`].
+//!
 //! The encoding (bincode today) is private to this crate: callers only see typed messages and
 //! typed [`ProtoError`]s, so it can change without touching the agent or broker.
 #![forbid(unsafe_code)]
@@ -21,6 +23,7 @@
 mod codec;
 mod error;
 mod messages;
+pub mod negotiate;
 pub mod tunnel;
 
 pub use codec::{
@@ -31,7 +34,8 @@ pub use error::ProtoError;
 pub use messages::*;
 pub use tunnel::TunnelStream;
 
-/// Protocol version carried in the preface; bumped on incompatible changes.
+/// Framing version carried in the preface (and the v1 control protocol). The framing is
+/// frozen; the control conversation negotiates up to [`negotiate::MAX_PROTOCOL_VERSION`].
 pub const PROTOCOL_VERSION: u8 = 1;
 
 /// Magic bytes that open every stream.

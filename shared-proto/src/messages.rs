@@ -122,12 +122,31 @@ pub enum BrokerMessage {
     Refused { reason: String },
     /// Acknowledges an [`AgentMessage::WorkloadExited`] or [`AgentMessage::Failed`].
     Ack,
+    /// The configuration, for an agent whose hello asked for protocol 2 or newer (appended:
+    /// a v1 agent is never sent it). See [`crate::negotiate`].
+    Negotiated(NegotiatedConfig),
+}
+
+/// A configuration in the negotiated protocol version: a self-describing JSON object, so
+/// fields can be added without a version bump (a reader ignores fields it does not know and
+/// defaults the optional ones it misses).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NegotiatedConfig {
+    /// The version the broker chose: the newest both sides speak.
+    pub protocol_version: u8,
+    /// JSON of [`crate::negotiate::GuestSettings`].
+    pub config_json: String,
 }
 
 /// What the guest needs to route its egress through the broker.
 ///
 /// Holds placeholders only: real credential values never leave the host.
+///
+/// Its v1 encoding (positional, inside [`BrokerMessage::Config`]) is frozen: deployed agents
+/// decode exactly these five fields in this order. New fields go into
+/// [`crate::negotiate::GuestSettings`] instead, which is sent as JSON from protocol 2 on.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GuestConfig {
     /// The VM id the broker registered this guest under (informational).
     pub vm_id: String,

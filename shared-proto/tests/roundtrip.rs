@@ -54,7 +54,8 @@ proptest! {
 
     #[test]
     fn broker_messages_round_trip(cfg in guest_config(), reason in ".{0,50}") {
-        for msg in [BrokerMessage::Config(cfg.clone()), BrokerMessage::Refused { reason: reason.clone() }, BrokerMessage::Ack] {
+        let negotiated = BrokerMessage::Negotiated(NegotiatedConfig { protocol_version: 2, config_json: reason.clone() });
+        for msg in [BrokerMessage::Config(cfg.clone()), BrokerMessage::Refused { reason: reason.clone() }, BrokerMessage::Ack, negotiated] {
             let frame = encode_frame(&msg).unwrap();
             prop_assert_eq!(decode_frame::<BrokerMessage>(&frame).unwrap(), msg);
         }

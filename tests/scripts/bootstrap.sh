@@ -27,6 +27,9 @@ apt_packages() {
              e2fsprogs musl-tools; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
+  # golang-go: the static Go client of the VM trust matrix (tests/guest/goget) is built on
+  # the host.
+  command -v go >/dev/null 2>&1 || need+=(golang-go)
   # keytool: the guest agent's JKS test checks the stores it writes with the JDK's own tool.
   command -v keytool >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
   if [ ${#need[@]} -gt 0 ]; then

@@ -1,6 +1,15 @@
 //! What a test VM is made of: the cached guest kernel, its modules and the Debian root image
 //! (prepared by tests/scripts/bootstrap.sh), and the static musl binaries built from this
 //! workspace (the guest agent and the probe client).
+//!
+//! A prebuilt test binary run on another machine (no cargo, no source tree) is pointed at its
+//! files with environment overrides, each checked to exist:
+//! - `SLUICE_E2E_AGENT`, `SLUICE_E2E_PROBE`: prebuilt static guest binaries (both, or neither:
+//!   without them the harness runs cargo);
+//! - `SLUICE_E2E_GUEST_DIR`: the `tests/guest` directory (workload scripts, units, sources);
+//! - `SLUICE_E2E_GOGET`: a prebuilt static Go client (otherwise built with `go build`);
+//! - `SLUICE_E2E_KERNEL_ARGS`: extra guest kernel arguments appended to every VM's cmdline;
+//! - `SLUICE_CACHE_DIR`: kernel, modules and rootfs (as for bootstrap.sh).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -51,17 +60,103 @@ fn cached(name: &str) -> Result<PathBuf, HarnessError> {
     })
 }
 
+/// The file an override variable names, if it is set; an error if it names nothing.
+fn override_file(var: &str) -> Result<Option<PathBuf>, HarnessError> {
+    let Some(v) = std::env::var_os(var) else {
+        return Ok(None);
+    };
+    let p = PathBuf::from(v);
+    if p.is_file() || p.is_dir() {
+        Ok(Some(p))
+    } else {
+        Err(HarnessError::Unavailable(format!(
+            "{var}={}: no such file or directory",
+            p.display()
+        )))
+    }
+}
+
+/// The directory of guest-side test files (`tests/guest`, or `SLUICE_E2E_GUEST_DIR`).
+pub fn guest_dir() -> PathBuf {
+    std::env::var_os("SLUICE_E2E_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("guest"))
+}
+
+/// `guest_dir()/name`.
+pub fn guest_file(name: &str) -> PathBuf {
+    guest_dir().join(name)
+}
+
+/// Extra guest kernel arguments from `SLUICE_E2E_KERNEL_ARGS` (empty when unset).
+pub fn extra_kernel_args() -> String {
+    std::env::var("SLUICE_E2E_KERNEL_ARGS").unwrap_or_default()
+}
+
+/// The static Go client (tests/guest/goget), built once per process with the host's `go`
+/// (`CGO_ENABLED=0`), or `SLUICE_E2E_GOGET`. No `go` on the host makes the VM unbootable for
+/// the test that needs it (a failure under `CI=true`).
+pub fn go_client() -> Result<PathBuf, HarnessError> {
+    if let Some(p) = override_file("SLUICE_E2E_GOGET")? {
+        return Ok(p);
+    }
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_go_client().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(HarnessError::Unavailable)
+}
+
+fn build_go_client() -> Result<PathBuf, HarnessError> {
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let out_dir = target_dir.join("goget");
+    std::fs::create_dir_all(&out_dir).map_err(|e| HarnessError::file(&out_dir, e))?;
+    let out = out_dir.join("goget");
+    let status = std::process::Command::new("go")
+        .current_dir(guest_dir().join("goget"))
+        .args(["build", "-trimpath", "-ldflags=-s -w", "-o"])
+        .arg(&out)
+        .arg("main.go")
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", out_dir.join("cache"))
+        .env("GOPATH", out_dir.join("gopath"))
+        .status()
+        .map_err(|e| HarnessError::Spawn {
+            what: "go build (tests/guest/goget; apt install golang-go)".into(),
+            source: e,
+        })?;
+    if !status.success() {
+        return Err(HarnessError::Build(format!("go build goget: {status}")));
+    }
+    Ok(out)
+}
+
 impl Artifacts {
-    /// Locates the cached kernel and rootfs and builds the musl binaries (once per process).
+    /// Locates the cached kernel and rootfs and builds the musl binaries (once per process),
+    /// unless `SLUICE_E2E_AGENT` and `SLUICE_E2E_PROBE` name prebuilt ones.
     pub fn locate() -> Result<Artifacts, HarnessError> {
         static BUILT: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
         let kernel = cached("vmlinuz")?;
         let modules_dir = cached("modules")?;
         let rootfs = cached("rootfs.ext4")?;
-        let (agent, probe) = BUILT
-            .get_or_init(|| build_guest_binaries().map_err(|e| e.to_string()))
-            .clone()
-            .map_err(HarnessError::Build)?;
+        let prebuilt = (
+            override_file("SLUICE_E2E_AGENT")?,
+            override_file("SLUICE_E2E_PROBE")?,
+        );
+        let (agent, probe) = match prebuilt {
+            (Some(a), Some(p)) => (a, p),
+            (None, None) => BUILT
+                .get_or_init(|| build_guest_binaries().map_err(|e| e.to_string()))
+                .clone()
+                .map_err(HarnessError::Build)?,
+            _ => {
+                return Err(HarnessError::Unavailable(
+                    "set both SLUICE_E2E_AGENT and SLUICE_E2E_PROBE, or neither".into(),
+                ))
+            }
+        };
         Ok(Artifacts {
             kernel,
             modules_dir,

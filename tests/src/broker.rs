@@ -99,6 +99,7 @@ impl TestBroker {
             state_dir: state.path().to_path_buf(),
             vsock_port: VSOCK_PORT,
             upstream_extra_roots: vec![upstream_ca.to_path_buf()],
+            listener_access: Default::default(),
         })
         .await
         .map_err(|e| HarnessError::Build(format!("starting the broker: {e}")))?;

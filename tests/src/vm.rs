@@ -113,7 +113,10 @@ impl Vm {
         cfg: &VmConfig,
     ) -> Result<Vm, HarnessError> {
         let echo = std::env::var_os("SLUICE_E2E_ECHO").is_some();
-        let cmdline = format!("console=ttyS0 panic=-1 quiet {}", cfg.cmdline);
+        let extra = crate::artifacts::extra_kernel_args();
+        let cmdline = format!("console=ttyS0 panic=-1 quiet {} {extra}", cfg.cmdline)
+            .trim_end()
+            .to_string();
         let (vmm, vhost) = match platform.backend {
             Backend::Qemu => start_qemu(platform, &dir, cfg, &cmdline).await?,
             Backend::CloudHypervisor => (start_ch(platform, &dir, cfg, &cmdline)?, None),

@@ -3,9 +3,9 @@
 //! One VM at a time (the harness serialises them); each test combines the checks that share a
 //! boot. With `CI=true` a machine that cannot boot VMs fails these tests instead of skipping.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use sluice_e2e::artifacts::guest_file;
 use sluice_e2e::broker::{CREDENTIAL, PLACEHOLDER};
 use sluice_e2e::gate::vm_test;
 use sluice_e2e::image::InitrdSpec;
@@ -15,12 +15,6 @@ use sluice_e2e::scenario::{Scenario, ScenarioSpec};
 const INITRD_BOOT: Duration = Duration::from_secs(120);
 const DEBIAN_RUN: Duration = Duration::from_secs(300);
 const SYSTEMD_RUN: Duration = Duration::from_secs(420);
-
-fn guest_file(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("guest")
-        .join(name)
-}
 
 /// The canary (real value) must not appear in anything the guest printed or received.
 fn assert_no_leak(s: &Scenario) {

@@ -20,6 +20,8 @@ pub mod overlay;
 
 use std::path::{Path, PathBuf};
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use tracing::{info, warn};
 
 use crate::rootfs;
@@ -159,7 +161,7 @@ fn parse_cas(pems: &[String]) -> Result<Vec<Ca>, TrustError> {
     }
     let mut out = Vec::new();
     for (index, pem) in pems.iter().enumerate() {
-        let ders: Vec<_> = rustls_pemfile::certs(&mut pem.as_bytes())
+        let ders: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
             .collect::<Result<_, _>>()
             .map_err(|_| TrustError::BadPem { index })?;
         if ders.is_empty() {
@@ -367,8 +369,7 @@ fn install_java(
 /// skipped.
 fn store_from_pem(pem: &str, now_ms: u64) -> jks::Keystore {
     let mut ks = jks::Keystore::new();
-    let mut reader = pem.as_bytes();
-    let ders = rustls_pemfile::certs(&mut reader).filter_map(|c| c.ok());
+    let ders = CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(|c| c.ok());
     for (i, der) in ders.enumerate() {
         ks.set_trusted(&format!("distro-{i}"), der.as_ref(), now_ms);
     }

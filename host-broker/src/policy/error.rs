@@ -37,12 +37,32 @@ impl PolicyError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
     pub reason: String,
+    /// The policy allows the name but it could not be resolved (no answer, NXDOMAIN, no
+    /// addresses): an upstream failure (502 `failed`), not a policy violation.
+    pub unresolved: bool,
 }
 
 impl Denial {
     pub(crate) fn new(reason: impl Into<String>) -> Self {
         Denial {
             reason: reason.into(),
+            unresolved: false,
+        }
+    }
+
+    pub(crate) fn unresolved(reason: impl Into<String>) -> Self {
+        Denial {
+            reason: reason.into(),
+            unresolved: true,
+        }
+    }
+
+    /// The audit verdict and HTTP status this refusal is answered with.
+    pub fn verdict_and_status(&self) -> (&'static str, u16) {
+        if self.unresolved {
+            ("failed", 502)
+        } else {
+            ("denied", 403)
         }
     }
 }

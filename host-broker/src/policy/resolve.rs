@@ -33,15 +33,17 @@ pub async fn resolve_target(policy: &Policy, host: &str, port: u16) -> Result<So
     let candidates: Vec<SocketAddr> = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
         .await
         .map_err(|_| {
-            Denial::new(format!(
+            Denial::unresolved(format!(
                 "cannot resolve {h}: no answer within {}s",
                 RESOLVE_TIMEOUT.as_secs()
             ))
         })?
-        .map_err(|e| Denial::new(format!("cannot resolve {h}: {e}")))?
+        .map_err(|e| Denial::unresolved(format!("cannot resolve {h}: {e}")))?
         .collect();
     let Some(first) = candidates.first().copied() else {
-        return Err(Denial::new(format!("cannot resolve {h}: no addresses")));
+        return Err(Denial::unresolved(format!(
+            "cannot resolve {h}: no addresses"
+        )));
     };
     for addr in &candidates {
         policy.check_target(&h, port, *addr)?;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use super::decode::Decoder;
+use super::decode::{Decoder, Reencoder};
 use crate::audit::PendingAudit;
 use crate::secrets::{CredentialSet, Scrubber};
 
@@ -35,6 +35,19 @@ pub(super) struct Scrubbing {
     pub scrubber: Scrubber,
     /// Content decoding applied before scrubbing (the guest gets identity).
     pub decoder: Option<Decoder>,
+    /// A gzip file (`Content-Type: application/gzip`) is re-compressed after scrubbing.
+    pub reencoder: Option<Reencoder>,
+}
+
+impl Scrubbing {
+    /// Scrubs decoded bytes; re-compresses them when the body is a gzip file.
+    fn scrub(&mut self, plain: &[u8]) -> Result<Vec<u8>, BoxError> {
+        let out = self.scrubber.push(plain);
+        match self.reencoder.as_mut() {
+            Some(r) if !out.is_empty() => Ok(r.push(&out)?),
+            _ => Ok(out),
+        }
+    }
 }
 
 /// Wraps an upstream body; the audit record is emitted when the body is done or dropped.
@@ -75,10 +88,17 @@ impl Counted {
             return Ok(Vec::new());
         };
         let mut out = match s.decoder.take() {
-            Some(d) => s.scrubber.push(&d.finish()?),
+            Some(d) => s.scrub(&d.finish()?)?,
             None => Vec::new(),
         };
-        out.extend(s.scrubber.finish());
+        let rest = s.scrubber.finish();
+        match s.reencoder.take() {
+            Some(mut r) => {
+                out.extend(r.push(&rest)?);
+                out.extend(r.finish()?);
+            }
+            None => out.extend(rest),
+        }
         Ok(out)
     }
 }
@@ -106,7 +126,10 @@ impl Body for Counted {
                         Ok(p) => p,
                         Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
                     };
-                    let out = s.scrubber.push(&plain);
+                    let out = match s.scrub(&plain) {
+                        Ok(o) => o,
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    };
                     if out.is_empty() {
                         continue;
                     }
@@ -143,7 +166,10 @@ impl Body for Counted {
                             },
                             None => data.to_vec(),
                         };
-                        let out = s.scrubber.push(&plain);
+                        let out = match s.scrub(&plain) {
+                            Ok(o) => o,
+                            Err(e) => return Poll::Ready(Some(Err(e))),
+                        };
                         if out.is_empty() {
                             continue; // all held back: read more
                         }

@@ -94,6 +94,7 @@ pub(super) async fn handle(
     rec.status = 200;
     audit::emit(&shared.events, rec);
     let span = tracing::info_span!("tunnel", %host, port, %addr);
+    let tunnel_slot = slot.clone();
     spawn_tunnel(req, vm.clone(), slot, span, move |io| {
         let t = super::tunnel::Tunnel {
             host,
@@ -101,6 +102,7 @@ pub(super) async fn handle(
             addr,
             vm,
             shared,
+            slot: tunnel_slot,
         };
         t.intercept(io, leaf, up)
     });

@@ -10,6 +10,7 @@ mod body;
 mod connect;
 mod decode;
 mod headers;
+mod http10;
 mod opaque;
 mod plain;
 mod prefixed;
@@ -19,6 +20,7 @@ mod transparent;
 mod tunnel;
 mod upstream_conn;
 mod websocket;
+mod ws_relay;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -45,6 +47,12 @@ pub const REASON_HEADER: &str = "x-sluice-reason";
 
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a stream over the per-VM limit may take to send the request its `503` answers.
+const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Streams over the per-VM limit answered at once per VM (see [`serve`]).
+const MAX_REFUSING: usize = 8;
 
 static CONN_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -77,7 +85,16 @@ where
     let limit = vm.policy.connection_limit();
     let Some(slot) = StreamSlot::acquire(&vm.open_streams, limit) else {
         // Over the per-VM limit: answer this stream's request with 503 and close it. The
-        // other VMs (and this VM's open streams) are unaffected.
+        // other VMs (and this VM's open streams) are unaffected. The answer waits at most
+        // REFUSAL_READ_TIMEOUT for a request head, and at most MAX_REFUSING such streams
+        // wait at once per VM: beyond that a stream is closed unanswered, so a VM that keeps
+        // reconnecting holds at most `limit + MAX_REFUSING` streams (fds).
+        let Some(_refusing) = StreamSlot::acquire(&vm.refusing, MAX_REFUSING) else {
+            span.in_scope(|| {
+                tracing::debug!(limit, "per-VM connection limit reached; closing unanswered")
+            });
+            return;
+        };
         span.in_scope(|| tracing::warn!(limit, "per-VM connection limit reached"));
         let reason = format!("per-VM connection limit ({limit}) reached");
         let svc = service_fn(move |req: Request<Incoming>| {
@@ -85,12 +102,13 @@ where
             let resp = refuse(&shared, rec, StatusCode::SERVICE_UNAVAILABLE, &reason);
             async move { Ok::<_, std::convert::Infallible>(resp) }
         });
-        let _ = hyper::server::conn::http1::Builder::new()
+        let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(REFUSAL_READ_TIMEOUT)
             .keep_alive(false)
-            .serve_connection(TokioIo::new(io), svc)
-            .await;
+            .serve_connection(TokioIo::new(io), svc);
+        // Bounded as a whole too: a guest that never reads the answer cannot hold the fd.
+        let _ = tokio::time::timeout(REFUSAL_READ_TIMEOUT * 2, conn).await;
         return;
     };
     // The slot lives as long as the connection *and* any tunnel it became (the CONNECT
@@ -168,7 +186,8 @@ fn record<B>(vm: &VmState, req: &Request<B>, host: &str) -> AuditRecord {
 
 /// The policy decision for `host:port`, shared by CONNECT and absolute-form requests:
 /// `resolve_target` checks the name first (before any DNS), then every resolved address.
-/// Returns the one address to dial, or the `403` answer (audited with verdict `denied`).
+/// Returns the one address to dial, or the `403` answer (audited with verdict `denied`), or
+/// for a name the policy allows but DNS cannot resolve the `502` answer (verdict `failed`).
 async fn allowed_target(
     vm: &VmState,
     shared: &Shared,
@@ -177,8 +196,10 @@ async fn allowed_target(
     port: u16,
 ) -> Result<SocketAddr, Response<ProxyBody>> {
     resolve_target(&vm.policy, host, port).await.map_err(|d| {
-        rec.verdict = "denied".into();
-        refuse(shared, rec.clone(), StatusCode::FORBIDDEN, &d.reason)
+        let (verdict, status) = d.verdict_and_status();
+        rec.verdict = verdict.into();
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+        refuse(shared, rec.clone(), status, &d.reason)
     })
 }
 
@@ -205,7 +226,11 @@ fn refuse(
     reason_response(status, reason, body)
 }
 
-fn reason_response(status: StatusCode, reason: &str, body: String) -> Response<ProxyBody> {
+pub(super) fn reason_response(
+    status: StatusCode,
+    reason: &str,
+    body: String,
+) -> Response<ProxyBody> {
     let header = HeaderValue::from_str(reason).unwrap_or_else(|_| {
         let clean: String = reason
             .chars()

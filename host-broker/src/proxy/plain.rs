@@ -124,9 +124,13 @@ pub(super) async fn handle(
             return refuse(&shared, rec, StatusCode::BAD_GATEWAY, &reason);
         }
     };
+    let version = parts.version;
     let req = Request::from_parts(parts, body);
     match conn.send(req, "http", authority.as_str()).await {
-        Ok(resp) => respond(resp, rec, &creds, &shared),
+        Ok(resp) => {
+            let resp = respond(resp, rec, &creds, &shared);
+            super::http10::frame_for(resp, version, cap).await
+        }
         Err(e) => {
             let reason = format!("upstream {host}: {e}");
             refuse(&shared, rec, StatusCode::BAD_GATEWAY, &reason)

@@ -9,7 +9,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper::ext::ReasonPhrase;
 
 use super::body::{self, ProxyBody, Scrubbing};
-use super::decode::Decoder;
+use super::decode::{Decoder, Reencoder};
 use super::headers::strip_hop_by_hop;
 use super::refuse;
 use crate::audit::{AuditRecord, PendingAudit};
@@ -47,6 +47,8 @@ pub(super) fn respond(
     shared: &Shared,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
+    // Before hop-by-hop headers go: `Transfer-Encoding: gzip, chunked` is a coding too.
+    let decoder = Decoder::for_headers(&parts.headers);
     strip_hop_by_hop(&mut parts.headers);
     let scrubbed = creds.scrub_response_headers(&mut parts.headers)
         + scrub_reason_phrase(&mut parts.extensions, creds);
@@ -61,7 +63,7 @@ pub(super) fn respond(
     let scrubbing = if creds.is_empty() || body.is_end_stream() {
         None
     } else {
-        let decoder = match Decoder::for_headers(&parts.headers) {
+        let decoder = match decoder {
             Ok(d) => d,
             Err(coding) => {
                 let reason = format!(
@@ -75,10 +77,15 @@ pub(super) fn respond(
             parts.headers.remove(CONTENT_ENCODING);
         }
         parts.headers.remove(CONTENT_LENGTH);
+        let reencoder = decoder
+            .as_ref()
+            .filter(|d| d.gzip_file)
+            .map(|_| Reencoder::new());
         Some(Scrubbing {
             creds: creds.clone(),
             scrubber: creds.scrubber(),
             decoder,
+            reencoder,
         })
     };
     rec.verdict = "forwarded".into();

@@ -75,13 +75,14 @@ where
     let addr = match resolve_target(&vm.policy, &host, port).await {
         Ok(a) => a,
         Err(d) => {
+            let (verdict, status) = d.verdict_and_status();
             return refuse(
                 &mut io,
                 &shared,
-                record(&vm, &host, "denied", 403),
+                record(&vm, &host, verdict, status),
                 d.reason,
             )
-            .await
+            .await;
         }
     };
     if let Err(e) = shared_proto::write_message(&mut io, &TcpReply::Open).await {
@@ -89,8 +90,8 @@ where
     }
     let guest = TunnelStream::new(io);
     let span = tracing::info_span!("captured", %host, port, %addr);
-    let run = handle(guest, host, port, addr, vm.clone(), shared).instrument(span);
-    let _slot = slot;
+    let slot = Arc::new(slot);
+    let run = handle(guest, host, port, addr, vm.clone(), shared, slot).instrument(span);
     tokio::select! {
         _ = run => {}
         _ = vm.closed() => tracing::info!("VM unregistered: closing captured connection"),
@@ -104,6 +105,7 @@ async fn handle<G>(
     addr: SocketAddr,
     vm: Arc<VmState>,
     shared: Arc<Shared>,
+    slot: Arc<StreamSlot>,
 ) where
     G: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -118,7 +120,7 @@ async fn handle<G>(
         };
     let guest = Prefixed::new(first.clone(), guest);
     match peeked {
-        Peeked::Tls { .. } => tls(guest, host, port, addr, vm, shared).await,
+        Peeked::Tls { .. } => tls(guest, host, port, addr, vm, shared, slot).await,
         Peeked::NotTls if first.len() == 1 && first[0].is_ascii_uppercase() => {
             plain_http(guest, host, port, vm, shared).await
         }
@@ -139,6 +141,7 @@ async fn tls<G>(
     addr: SocketAddr,
     vm: Arc<VmState>,
     shared: Arc<Shared>,
+    slot: Arc<StreamSlot>,
 ) where
     G: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -169,6 +172,7 @@ async fn tls<G>(
         addr,
         vm,
         shared,
+        slot,
     };
     t.intercept(guest, leaf, up).await
 }

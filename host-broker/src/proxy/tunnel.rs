@@ -48,6 +48,8 @@ pub(super) struct Tunnel {
     pub addr: SocketAddr,
     pub vm: Arc<VmState>,
     pub shared: Arc<Shared>,
+    /// The VM connection slot this tunnel holds (a WebSocket relay keeps it; see websocket).
+    pub slot: Arc<super::StreamSlot>,
 }
 
 fn negotiated_h2(up: &UpstreamTls) -> bool {
@@ -310,18 +312,25 @@ impl Tunnel {
         if let Some((protocol, guest)) = upgrade {
             let up = websocket::UpgradeRequest {
                 host,
+                port: self.port,
                 addr: self.addr,
                 authority: &authority,
                 protocol,
                 guest,
                 h2_guest: h2_upgrade.is_some(),
+                vm: &self.vm,
+                slot: self.slot.clone(),
             };
             return websocket::forward(up, parts, body, rec, &creds, &self.shared).await;
         }
+        let version = parts.version;
         let req = Request::from_parts(parts, body);
         let result = self.send_upstream(conn, req, te_trailers, &authority).await;
         match result {
-            Ok(resp) => respond(resp, rec, &creds, &self.shared),
+            Ok(resp) => {
+                let resp = respond(resp, rec, &creds, &self.shared);
+                super::http10::frame_for(resp, version, cap).await
+            }
             Err(reason) => refuse(&self.shared, rec, StatusCode::BAD_GATEWAY, &reason),
         }
     }

@@ -183,8 +183,9 @@ impl LeafCache {
                 .with_safe_default_protocol_versions()?
                 .with_no_client_auth()
                 .with_single_cert(chain, key_der)?;
-        // Offer both; the guest's choice only decides the framing of its side.
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // Offer all; the guest's choice only decides the framing of its side (`http/1.0`:
+        // curl --http1.0 offers only that, and HTTP/1.1's server speaks 1.0 too).
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
         self.minted.fetch_add(1, Ordering::Relaxed);
         Ok(Leaf {
             config: Arc::new(config),

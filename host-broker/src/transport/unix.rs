@@ -2,9 +2,9 @@
 //! port P)` arrives as a Unix connection on `<vm socket>_<P>`. We listen there, one listener
 //! per VM, so the listener a stream arrived on is the VM's identity.
 //!
-//! The socket file gets the default mode (umask): the VMM process, possibly another user,
-//! must be able to connect. Operators should restrict access via the directory holding the
-//! VMM socket (see host-broker/README.md).
+//! The socket file gets an explicit mode and group ([`SocketAccess`], default 0660 with the
+//! broker's group), whatever the umask: the VMM process, possibly another user, must be able
+//! to connect (connecting to a Unix socket needs write permission on it), and nobody else.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +19,36 @@ pub fn hybrid_listen_path(vmm_socket: &Path, port: u32) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Mode and group given to every VM listener socket right after it is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketAccess {
+    /// Permission bits (connecting needs `w`): default 0660, owner and group.
+    pub mode: u32,
+    /// Group to hand the socket to (the VMM's group); `None` keeps the broker's own.
+    pub gid: Option<u32>,
+}
+
+impl Default for SocketAccess {
+    fn default() -> Self {
+        SocketAccess {
+            mode: 0o660,
+            gid: None,
+        }
+    }
+}
+
+impl SocketAccess {
+    /// Applies the mode and group to the socket file at `path`.
+    fn apply(&self, path: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(gid) = self.gid {
+            nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+                .map_err(std::io::Error::from)?;
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(self.mode))
+    }
+}
+
 /// A listener on `<socket>_<port>`; removes its socket file when dropped.
 #[derive(Debug)]
 pub struct HybridListener {
@@ -27,9 +57,14 @@ pub struct HybridListener {
 }
 
 impl HybridListener {
-    /// Binds `path`, removing a stale socket file left by a previous run first (one that no
-    /// listener answers on; a live one is an error).
+    /// Binds `path` with the default [`SocketAccess`] (0660, the broker's group).
     pub fn bind(path: &Path) -> Result<HybridListener, TransportError> {
+        Self::bind_with(path, &SocketAccess::default())
+    }
+
+    /// Binds `path`, removing a stale socket file left by a previous run first (one that no
+    /// listener answers on; a live one is an error), then gives it `access`.
+    pub fn bind_with(path: &Path, access: &SocketAccess) -> Result<HybridListener, TransportError> {
         let err = |source| TransportError::Bind {
             path: path.to_path_buf(),
             source,
@@ -57,10 +92,13 @@ impl HybridListener {
             Err(e) => return Err(err(e)),
         }
         let listener = UnixListener::bind(path).map_err(err)?;
-        Ok(HybridListener {
+        let listener = HybridListener {
             listener,
             path: path.to_path_buf(),
-        })
+        };
+        // On failure the listener is dropped, which removes the socket file again.
+        access.apply(path).map_err(err)?;
+        Ok(listener)
     }
 
     pub fn path(&self) -> &Path {

@@ -228,6 +228,7 @@ pub async fn start_broker(dir: &Path, extra_roots: Vec<PathBuf>) -> Broker {
         state_dir: dir.join("state"),
         vsock_port: shared_proto::DEFAULT_VSOCK_PORT,
         upstream_extra_roots: extra_roots,
+        listener_access: Default::default(),
     })
     .await
     .unwrap()

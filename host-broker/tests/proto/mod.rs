@@ -144,14 +144,16 @@ async fn answer(
     reflected.extend_from_slice(&body);
     let version = format!("{:?}", parts.version);
     if let Some(on) = ws {
-        // A byte echo after a 101 (the broker relays bytes; it does not parse frames).
+        // A WebSocket message echo after a 101 (the broker parses frames on both sides).
         tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            use futures_util::{SinkExt, StreamExt};
+            use tokio_tungstenite::tungstenite::{protocol::Role, Message};
             let Ok(up) = on.await else { return };
-            let mut io = TokioIo::new(up);
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = io.read(&mut buf).await {
-                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+            let io = TokioIo::new(up);
+            let mut ws =
+                tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+            while let Some(Ok(m)) = ws.next().await {
+                if matches!(m, Message::Text(_) | Message::Binary(_)) && ws.send(m).await.is_err() {
                     return;
                 }
             }

@@ -14,6 +14,9 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match parse_args(&args).and_then(|req| run(&req)) {
@@ -109,7 +112,7 @@ fn root_store() -> Result<rustls::RootCertStore, ProbeError> {
     let path = std::env::var("SSL_CERT_FILE").map_err(|_| fail("SSL_CERT_FILE", "not set"))?;
     let pem = std::fs::read(&path).map_err(|e| fail(&format!("reading {path}"), e))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| fail(&format!("parsing {path}"), e))?;
         // Distro bundles hold a few certificates rustls rejects; skip those, keep the rest.
         let _ = roots.add(cert);

@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let platform = Platform::detect().context("choosing a VMM")?;
     let artifacts = Artifacts::locate().context("locating kernel, rootfs and guest binaries")?;
     println!("== Sluice demo: booting a VM on {platform}");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/demo.sh");
+    let script = sluice_e2e::artifacts::guest_file("demo.sh");
     let spec = ScenarioSpec {
         name: "demo".into(),
         initrd: InitrdSpec::new().file(script, "/sluice/workload.sh", 0o755),
