@@ -69,6 +69,7 @@ fn every_recipe_has_a_case() {
         .collect();
     let tested: BTreeSet<String> = [
         "anthropic.toml",
+        "aws.toml",
         "github.toml",
         "google.toml",
         "openai.toml",
@@ -238,4 +239,101 @@ fn google_api_key_in_query_or_header() {
         false,
     );
     assert!(matches!(v, Verdict::Block { .. }));
+}
+
+#[test]
+fn aws_sigv4_re_signs_with_the_real_secret() {
+    use host_broker::secrets::sigv4::{self, SigV4Auth, SignedRequest};
+    let (p, set) = load(
+        "aws.toml",
+        &MapEnv::from_pairs([
+            ("AWS_ACCESS_KEY_ID", "AKIAREALKEY000000001"),
+            ("AWS_SECRET_ACCESS_KEY", "real-secret-key-0123456789"),
+            ("AWS_SESSION_TOKEN", "real-session-token-0123"),
+        ]),
+    );
+    assert!(p.check_name("s3.eu-west-1.amazonaws.com", 443).is_ok());
+    let env = set.guest_env();
+    assert_eq!(env["AWS_ACCESS_KEY_ID"], "mock-AWS_ACCESS_KEY_ID");
+    assert_eq!(env["AWS_SECRET_ACCESS_KEY"], "mock-AWS_SECRET_ACCESS_KEY");
+    assert_eq!(env["AWS_SESSION_TOKEN"], "mock-AWS_SESSION_TOKEN");
+    let host = "s3.eu-west-1.amazonaws.com";
+    let mut h = HeaderMap::new();
+    h.insert(
+        "host",
+        HeaderValue::from_static("s3.eu-west-1.amazonaws.com"),
+    );
+    h.insert("x-amz-date", HeaderValue::from_static("20260101T000000Z"));
+    h.insert(
+        "x-amz-content-sha256",
+        HeaderValue::from_static("UNSIGNED-PAYLOAD"),
+    );
+    h.insert(
+        "x-amz-security-token",
+        HeaderValue::from_static("mock-AWS_SESSION_TOKEN"),
+    );
+    let mut auth = SigV4Auth {
+        key_id: "mock-AWS_ACCESS_KEY_ID".into(),
+        scope: "20260101/eu-west-1/s3/aws4_request".into(),
+        signed_headers: [
+            "host",
+            "x-amz-content-sha256",
+            "x-amz-date",
+            "x-amz-security-token",
+        ]
+        .map(String::from)
+        .to_vec(),
+        signature: String::new(),
+    };
+    let req = |h: &HeaderMap| -> (String, String) {
+        let r = SignedRequest {
+            method: "GET",
+            path: "/bucket/key.txt",
+            query: "",
+            headers: h,
+            authority: host,
+            payload_hash: "UNSIGNED-PAYLOAD",
+        };
+        (
+            String::new(),
+            sigv4::sign(&r, &auth, "/bucket/key.txt", "mock-AWS_SECRET_ACCESS_KEY").unwrap(),
+        )
+    };
+    auth.signature = req(&h).1;
+    h.insert(
+        "authorization",
+        HeaderValue::from_str(&auth.header()).unwrap(),
+    );
+    let c = ctx(host, "GET", "/bucket/key.txt");
+    assert!(matches!(
+        set.apply_request_headers(&mut h, &c),
+        Verdict::Forward { .. }
+    ));
+    let used = set
+        .apply_sigv4(&mut h, "GET", "/bucket/key.txt", host, None, &c)
+        .unwrap();
+    assert_eq!(used, vec!["AWS_ACCESS_KEY_ID".to_owned()]);
+    assert_eq!(h["x-amz-security-token"], "real-session-token-0123");
+    let signed = SigV4Auth::parse(h["authorization"].to_str().unwrap()).unwrap();
+    assert_eq!(signed.key_id, "AKIAREALKEY000000001");
+    let r = SignedRequest {
+        method: "GET",
+        path: "/bucket/key.txt",
+        query: "",
+        headers: &h,
+        authority: host,
+        payload_hash: "UNSIGNED-PAYLOAD",
+    };
+    sigv4::verify(&r, &signed, "real-secret-key-0123456789").expect("valid with the real secret");
+    // Responses echoing the real key id or token are scrubbed.
+    let mut resp = HeaderMap::new();
+    resp.insert(
+        "x-echo",
+        HeaderValue::from_static("AKIAREALKEY000000001 real-session-token-0123"),
+    );
+    set.scrub_response_headers(&mut resp);
+    assert_eq!(
+        resp["x-echo"],
+        "mock-AWS_ACCESS_KEY_ID mock-AWS_SESSION_TOKEN"
+    );
 }

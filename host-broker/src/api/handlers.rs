@@ -193,6 +193,7 @@ struct CredentialPatch {
     on_violation: Option<OnViolation>,
     refresh_grace_secs: Option<u64>,
     scrub_retired_secs: Option<u64>,
+    aws_sigv4: Option<crate::policy::SigV4Spec>,
 }
 
 fn merge(
@@ -229,6 +230,9 @@ fn merge(
     }
     if let Some(v) = p.scrub_retired_secs {
         spec.scrub_retired_secs = Some(v);
+    }
+    if let Some(v) = p.aws_sigv4 {
+        spec.aws_sigv4 = Some(v);
     }
     Ok(spec)
 }

@@ -24,8 +24,8 @@ pub use host_pattern::{normalize_host, parse_ip_literal, HostPattern};
 pub use ip_class::{classify_private, PrivateClass};
 pub use model::{
     Cidr, CommandSource, CredentialSpec, DefaultAction, EgressPolicy, EgressRule, InjectRule,
-    InterceptMode, Location, OnViolation, Policy, PrivateNetworks, SecretSource,
-    DEFAULT_REFRESH_GRACE_SECS, DEFAULT_SCRUB_RETIRED_SECS,
+    InterceptMode, Location, OnViolation, Policy, PrivateNetworks, SecretSource, SigV4Spec,
+    DEFAULT_REFRESH_GRACE_SECS, DEFAULT_SCRUB_RETIRED_SECS, SIGV4_SECRET_ENV, SIGV4_TOKEN_ENV,
 };
 pub(crate) use parse::toml_message;
 pub use resolve::resolve_target;

@@ -157,7 +157,26 @@ pub struct CredentialSpec {
     /// is still scrubbed from responses. Default [`DEFAULT_SCRUB_RETIRED_SECS`].
     #[serde(default)]
     pub scrub_retired_secs: Option<u64>,
+    /// AWS Signature Version 4: this credential is the access key id; requests signed by
+    /// the guest with the placeholder key are verified and re-signed with the real secret.
+    #[serde(default)]
+    pub aws_sigv4: Option<SigV4Spec>,
 }
+
+/// The secret half (and optional session token) of an AWS credential. The guest gets
+/// placeholders in `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigV4Spec {
+    pub secret_access_key: SecretSource,
+    #[serde(default)]
+    pub session_token: Option<SecretSource>,
+}
+
+/// Guest variable holding the placeholder secret key of an `aws_sigv4` credential.
+pub const SIGV4_SECRET_ENV: &str = "AWS_SECRET_ACCESS_KEY";
+/// Guest variable holding the placeholder session token of an `aws_sigv4` credential.
+pub const SIGV4_TOKEN_ENV: &str = "AWS_SESSION_TOKEN";
 
 /// Default for [`CredentialSpec::refresh_grace_secs`]: 5 minutes.
 pub const DEFAULT_REFRESH_GRACE_SECS: u64 = 300;
@@ -181,6 +200,7 @@ impl CredentialSpec {
             on_violation: OnViolation::default(),
             refresh_grace_secs: None,
             scrub_retired_secs: None,
+            aws_sigv4: None,
         }
     }
 

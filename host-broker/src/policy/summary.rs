@@ -76,6 +76,18 @@ pub fn summarize(policy: &Policy) -> String {
                 .join(", "),
             lower(c.on_violation)
         );
+        if let Some(a) = &c.aws_sigv4 {
+            let _ = writeln!(
+                s,
+                "    aws_sigv4: re-signs requests signed with the placeholders in {name}, {}{}",
+                super::model::SIGV4_SECRET_ENV,
+                if a.session_token.is_some() {
+                    format!(", {}", super::model::SIGV4_TOKEN_ENV)
+                } else {
+                    String::new()
+                }
+            );
+        }
         for r in &c.inject {
             let _ = writeln!(s, "    inject {}: {}", r.header, r.format);
         }

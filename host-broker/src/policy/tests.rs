@@ -425,7 +425,7 @@ fn docs_examples_parse() {
             n += 1;
         }
     }
-    assert_eq!(n, 2);
+    assert_eq!(n, 3);
 }
 
 #[test]
@@ -613,4 +613,40 @@ fn command_source_validation_names_the_field_and_summary_hides_arguments() {
         "{summary}"
     );
     assert!(!summary.contains("tok-canary") && !format!("{p:?}").contains("tok-canary"));
+}
+
+#[test]
+fn aws_sigv4_validation_names_the_field() {
+    let base = r#""source": {"env": "K"}, "hosts": ["*.amazonaws.com"],
+                  "aws_sigv4": {"secret_access_key": {"env": "S"}}"#;
+    let e = json_err_or_invalid(&format!(
+        r#"{{"credentials": {{"A": {{{base}}}, "B": {{{base}}}}}}}"#
+    ));
+    assert!(
+        e.starts_with("credentials.B.aws_sigv4: only one credential"),
+        "{e}"
+    );
+    let e = json_err_or_invalid(&format!(
+        r#"{{"credentials": {{"A": {{{base}}}}}, "env": {{"AWS_SESSION_TOKEN": "x"}}}}"#
+    ));
+    assert!(
+        e.starts_with(
+            "credentials.A.aws_sigv4: the guest gets its placeholder in AWS_SESSION_TOKEN"
+        ),
+        "{e}"
+    );
+    let e = json_err_or_invalid(&format!(
+        r#"{{"credentials": {{"A": {{{base}, "in": ["query"]}}}}}}"#
+    ));
+    assert!(
+        e.starts_with("credentials.A.aws_sigv4: an aws_sigv4 credential"),
+        "{e}"
+    );
+}
+
+fn json_err_or_invalid(s: &str) -> String {
+    match Policy::from_json_str(s) {
+        Ok(p) => p.validate().unwrap_err().to_string(),
+        Err(e) => e.to_string(),
+    }
 }

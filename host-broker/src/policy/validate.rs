@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use super::binding::HostRule;
 use super::error::PolicyError;
 use super::host_pattern::{check_hostname, normalize_host, parse_ip_literal, HostPattern};
-use super::model::{CommandSource, CredentialSpec, EgressRule, Policy, SecretSource};
+use super::model::{
+    CommandSource, CredentialSpec, EgressRule, Policy, SecretSource, SIGV4_SECRET_ENV,
+    SIGV4_TOKEN_ENV,
+};
 
 /// Shortest placeholder accepted: shorter ones would match ordinary header text.
 pub(crate) const MIN_PLACEHOLDER_LEN: usize = 4;
@@ -64,6 +67,38 @@ impl Policy {
                 return Err(err(
                     format!("{path}.placeholder"),
                     format!("{ph:?} is also the placeholder of credentials.{other}"),
+                ));
+            }
+        }
+        let sigv4: Vec<&String> = self
+            .credentials
+            .iter()
+            .filter(|(_, c)| c.aws_sigv4.is_some())
+            .map(|(n, _)| n)
+            .collect();
+        if let Some(second) = sigv4.get(1) {
+            return Err(err(
+                format!("credentials.{second}.aws_sigv4"),
+                format!(
+                    "only one credential may use aws_sigv4 (also credentials.{})",
+                    sigv4[0]
+                ),
+            ));
+        }
+        if let Some(name) = sigv4.first() {
+            for taken in [SIGV4_SECRET_ENV, SIGV4_TOKEN_ENV] {
+                if self.credentials.contains_key(taken) || self.env.contains_key(taken) {
+                    return Err(err(
+                        format!("credentials.{name}.aws_sigv4"),
+                        format!("the guest gets its placeholder in {taken}, which is also defined elsewhere in this policy"),
+                    ));
+                }
+            }
+            let spec = &self.credentials[*name];
+            if !spec.inject.is_empty() || spec.locations != [crate::policy::Location::Headers] {
+                return Err(err(
+                    format!("credentials.{name}.aws_sigv4"),
+                    "an aws_sigv4 credential is applied by re-signing; it takes no inject rules and no \"in\"",
                 ));
             }
         }

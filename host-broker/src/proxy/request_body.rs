@@ -37,6 +37,9 @@ pub(super) enum Inspected {
         body: ProxyBody,
         len: Option<u64>,
         substituted: Vec<String>,
+        /// Hex SHA-256 of the whole body, when it was buffered and the VM re-signs AWS
+        /// requests (`CredentialSet::apply_sigv4`).
+        sha256: Option<String>,
     },
     Refuse {
         status: StatusCode,
@@ -55,10 +58,13 @@ pub(super) async fn inspect(
     budget: &Arc<Semaphore>,
 ) -> Inspected {
     if creds.is_empty() || body.is_end_stream() {
+        let sha256 = (body.is_end_stream() && creds.signs_aws())
+            .then(|| crate::secrets::sigv4::EMPTY_SHA256.to_owned());
         return Inspected::Forward {
             body: passthrough(body),
             len: None,
             substituted: Vec::new(),
+            sha256,
         };
     }
     let mut body = body;
@@ -144,13 +150,18 @@ pub(super) async fn inspect(
             .boxed(),
             len: None,
             substituted,
+            sha256: None,
         };
     }
     let out: Bytes = match new {
         Some(v) => Bytes::copy_from_slice(&v),
         None => buf.freeze(),
     };
+    let sha256 = creds
+        .signs_aws()
+        .then(|| crate::secrets::sigv4::sha256_hex(&out));
     Inspected::Forward {
+        sha256,
         len: Some(out.len() as u64),
         body: Budgeted {
             data: Some(out),

@@ -261,6 +261,7 @@ impl Tunnel {
                 body: super::body::full(""),
                 len: None,
                 substituted: Vec::new(),
+                sha256: None,
             }
         } else {
             request_body::inspect(body, &creds, &ctx, false, cap, &self.vm.body_budget).await
@@ -278,10 +279,29 @@ impl Tunnel {
                 body,
                 len,
                 substituted: s,
+                sha256,
             } => {
                 substituted.extend(s);
                 if let Some(len) = len {
                     parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+                }
+                if creds.signs_aws() {
+                    // AWS SigV4: verify the guest's placeholder signature, re-sign for real.
+                    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                    let pq = pq.to_owned();
+                    match creds.apply_sigv4(
+                        &mut parts.headers,
+                        &method,
+                        &pq,
+                        &authority,
+                        sha256.as_deref(),
+                        &ctx,
+                    ) {
+                        Ok(s) => substituted.extend(s),
+                        Err(reason) => {
+                            return refuse(&self.shared, rec, StatusCode::FORBIDDEN, &reason)
+                        }
+                    }
                 }
                 body
             }

@@ -5,6 +5,7 @@
 //! placeholder and one over every real value, so the cost of a scan does not depend on the
 //! number of credentials. See docs/policy.md for the gate and violation semantics.
 
+mod aws;
 mod command;
 mod encode;
 mod env;
@@ -16,6 +17,7 @@ mod placeholders;
 mod refresh;
 mod scrub;
 mod set;
+pub mod sigv4;
 mod value;
 
 pub use command::CommandFailure;

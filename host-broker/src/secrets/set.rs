@@ -17,7 +17,7 @@ use super::scrub::Scrubber;
 use super::value::SecretValue;
 use crate::policy::{
     HostRule, InjectRule, Location, OnViolation, Policy, SecretSource, DEFAULT_REFRESH_GRACE_SECS,
-    DEFAULT_SCRUB_RETIRED_SECS,
+    DEFAULT_SCRUB_RETIRED_SECS, SIGV4_SECRET_ENV, SIGV4_TOKEN_ENV,
 };
 
 /// Values shorter than this are accepted but warned about: scrubbing replaces every
@@ -45,6 +45,26 @@ pub(crate) struct Credential {
     pub(crate) refresh_grace: Duration,
     /// How long a replaced value stays in the scrubber.
     pub(crate) scrub_retired: Duration,
+    /// The secret key and session token of an `aws_sigv4` credential.
+    pub(crate) sigv4: Option<SigV4Values>,
+}
+
+/// Real values and placeholders of an `aws_sigv4` credential's other halves.
+#[derive(Clone)]
+pub(crate) struct SigV4Values {
+    /// Signs; never sent anywhere.
+    pub(crate) secret: SecretValue,
+    pub(crate) secret_placeholder: String,
+    /// Sent in `x-amz-security-token` (real value, placeholder).
+    pub(crate) token: Option<(SecretValue, String)>,
+}
+
+impl SigV4Values {
+    /// (value, placeholder) pairs scrubbed from responses and detected in requests.
+    fn pairs(&self) -> impl Iterator<Item = (&SecretValue, &String)> {
+        std::iter::once((&self.secret, &self.secret_placeholder))
+            .chain(self.token.as_ref().map(|(v, p)| (v, p)))
+    }
 }
 
 /// Real values for one policy version plus the automata used to find placeholders and values.
@@ -232,12 +252,32 @@ impl CredentialSet {
                 });
             };
             let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
+            let sigv4 = match &spec.aws_sigv4 {
+                None => None,
+                Some(s) => {
+                    let load = |src: &SecretSource| -> Result<SecretValue, CredentialError> {
+                        let (v, from, _) = load_value(name, src, env)?;
+                        check_value(name, &v, &from)?;
+                        Ok(v)
+                    };
+                    Some(SigV4Values {
+                        secret: load(&s.secret_access_key)?,
+                        secret_placeholder: format!("mock-{SIGV4_SECRET_ENV}"),
+                        token: match &s.session_token {
+                            Some(t) => Some((load(t)?, format!("mock-{SIGV4_TOKEN_ENV}"))),
+                            None => None,
+                        },
+                    })
+                }
+            };
             creds.push(Credential {
                 name: name.clone(),
                 placeholder: spec.placeholder_for(name),
                 value,
                 hosts,
-                in_headers: spec.locations.contains(&Location::Headers),
+                // An aws_sigv4 key id is applied by re-signing (secrets/aws.rs), never by a
+                // plain header substitution (that would break the signature).
+                in_headers: sigv4.is_none() && spec.locations.contains(&Location::Headers),
                 in_query: spec.locations.contains(&Location::Query),
                 in_body: spec.locations.contains(&Location::Body),
                 inject: spec.inject.clone(),
@@ -246,6 +286,7 @@ impl CredentialSet {
                 health: Health::fresh(now),
                 refresh_grace: secs(spec.refresh_grace_secs, DEFAULT_REFRESH_GRACE_SECS),
                 scrub_retired: secs(spec.scrub_retired_secs, DEFAULT_SCRUB_RETIRED_SECS),
+                sigv4,
             });
         }
         Self::build(creds, Vec::new())
@@ -274,6 +315,12 @@ impl CredentialSet {
                     placeholder_owner.push(i);
                 }
             }
+            // The secret/token placeholders of an aws_sigv4 credential: detected (a
+            // violation toward a wrong host), never substituted by the header path.
+            for (_, ph) in c.sigv4.iter().flat_map(SigV4Values::pairs) {
+                ph_patterns.push(ph.as_bytes().to_vec());
+                placeholder_owner.push(i);
+            }
         }
         let placeholders = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
@@ -284,7 +331,11 @@ impl CredentialSet {
         let mut replacements = Vec::new();
         // Current values first, then retired ones (still scrubbed for their grace period;
         // a retired form equal to a current form is skipped).
-        let current = creds.iter().map(|c| (&c.value, &c.placeholder));
+        let current = creds.iter().map(|c| (&c.value, &c.placeholder)).chain(
+            creds
+                .iter()
+                .flat_map(|c| c.sigv4.iter().flat_map(SigV4Values::pairs)),
+        );
         let old = retired.iter().map(|r| (&r.value, &r.placeholder));
         for (value, placeholder) in current.chain(old) {
             for (form, repl) in forms(value.expose().as_bytes(), placeholder.as_bytes()) {
@@ -320,10 +371,18 @@ impl CredentialSet {
 
     /// Placeholder env for the guest: NAME -> placeholder (default `mock-<NAME>`).
     pub fn guest_env(&self) -> BTreeMap<String, String> {
-        self.creds
+        let mut env: BTreeMap<String, String> = self
+            .creds
             .iter()
             .map(|c| (c.name.clone(), c.placeholder.clone()))
-            .collect()
+            .collect();
+        for s in self.creds.iter().filter_map(|c| c.sigv4.as_ref()) {
+            env.insert(SIGV4_SECRET_ENV.into(), s.secret_placeholder.clone());
+            if let Some((_, ph)) = &s.token {
+                env.insert(SIGV4_TOKEN_ENV.into(), ph.clone());
+            }
+        }
+        env
     }
 
     /// Whether the policy has no credentials.
