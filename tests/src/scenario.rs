@@ -52,6 +52,17 @@ impl Scenario {
         artifacts: &Artifacts,
         spec: ScenarioSpec,
     ) -> Result<Scenario, HarnessError> {
+        Self::boot_with_policy(platform, artifacts, spec, |_| {}).await
+    }
+
+    /// Like [`Scenario::boot`], with `edit` applied to the VM's test policy before the VM
+    /// starts (so the guest's first config already carries it: no race with the agent).
+    pub async fn boot_with_policy(
+        platform: &Platform,
+        artifacts: &Artifacts,
+        spec: ScenarioSpec,
+        edit: impl FnOnce(&mut host_broker::policy::Policy),
+    ) -> Result<Scenario, HarnessError> {
         let canary = crate::broker::canary();
         let upstream = Upstream::start().await?;
         let dir = VmDir::new(&spec.name)?;
@@ -70,6 +81,17 @@ impl Scenario {
         } else {
             None
         };
+        if let Some(b) = &broker {
+            let mut policy = b
+                .broker
+                .policy(&spec.name)
+                .ok_or_else(|| HarnessError::Exited("test VM not registered".into()))?;
+            edit(&mut policy);
+            b.broker
+                .update_vm(&spec.name, policy)
+                .await
+                .map_err(|e| HarnessError::Build(format!("test policy: {e}")))?;
+        }
         let mut initrd = spec.initrd;
         if spec.debian_root {
             initrd = initrd.with_root();

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use host_broker::policy::{CredentialSpec, HostPattern, HostRule, SecretSource, SigV4Spec};
+use host_broker::policy::{
+    CredentialSpec, HostPattern, HostRule, PathPattern, SecretSource, SigV4Spec,
+};
 use host_broker::secrets::sigv4::{self, SigV4Auth, SignedRequest};
 use host_broker::secrets::SecretValue;
 use hyper::HeaderMap;
@@ -43,12 +45,8 @@ async fn awscli_and_boto3_sign_with_placeholders_and_the_broker_re_signs() -> an
         broker: true,
         memory_mib: 1024,
     };
-    let mut s = Scenario::boot(&env.platform, &env.artifacts, spec).await?;
-    // The AWS credential, before the guest's agent asks for its config (it boots for
-    // seconds under any VMM; the update takes milliseconds).
-    {
-        let broker = &s.broker.as_ref().expect("broker").broker;
-        let mut policy = broker.policy(name).expect("registered");
+    // The AWS credential is in the policy before the VM starts.
+    let mut s = Scenario::boot_with_policy(&env.platform, &env.artifacts, spec, |policy| {
         let mut aws = CredentialSpec::new(secret(KEY_ID));
         aws.hosts = Some(vec![HostRule::any_request(HostPattern::Exact(
             "api.example.com".into(),
@@ -58,8 +56,8 @@ async fn awscli_and_boto3_sign_with_placeholders_and_the_broker_re_signs() -> an
             session_token: Some(secret(TOKEN)),
         });
         policy.credentials.insert("AWS_ACCESS_KEY_ID".into(), aws);
-        broker.update_vm(name, policy).await?;
-    }
+    })
+    .await?;
     s.vm.wait_for_console("workload: done", Duration::from_secs(600))
         .await?;
     s.wait_exit(Duration::from_secs(120)).await?;
@@ -126,5 +124,95 @@ async fn awscli_and_boto3_sign_with_placeholders_and_the_broker_re_signs() -> an
         );
     }
     s.passed();
+    env.completed();
+    Ok(())
+}
+
+/// A per-VM random placeholder bound to `GET /v1/allowed/**`: curl in the guest (agent
+/// environment and `env -i`) gets the real value substituted inside the binding and a 403
+/// naming the binding gate outside it; the upstream never sees the request outside.
+#[tokio::test]
+async fn curl_with_a_random_placeholder_is_substituted_only_inside_its_binding(
+) -> anyhow::Result<()> {
+    let Some(env) =
+        vm_test("curl_with_a_random_placeholder_is_substituted_only_inside_its_binding").await
+    else {
+        return Ok(());
+    };
+    let name = "cred-scoped";
+    let spec = ScenarioSpec {
+        name: name.into(),
+        initrd: InitrdSpec::new().file(
+            guest_file("credentials-scoped.sh"),
+            "/sluice/workload.sh",
+            0o755,
+        ),
+        cmdline: "sluice.mode=exec sluice.exec=/run/sluice/workload.sh".into(),
+        debian_root: true,
+        broker: true,
+        memory_mib: 1024,
+    };
+    let mut s = Scenario::boot_with_policy(&env.platform, &env.artifacts, spec, |policy| {
+        let cred = policy
+            .credentials
+            .get_mut(sluice_e2e::broker::CREDENTIAL)
+            .expect("the test policy has API_KEY");
+        cred.placeholder = Some("random".into());
+        cred.hosts = Some(vec![HostRule {
+            host: HostPattern::Exact("api.example.com".into()),
+            ports: None,
+            methods: Some(vec!["GET".into()]),
+            paths: Some(vec![PathPattern::parse("/v1/allowed/**").unwrap()]),
+        }]);
+    })
+    .await?;
+    s.vm.wait_for_console("workload: done", Duration::from_secs(300))
+        .await?;
+    s.wait_exit(Duration::from_secs(120)).await?;
+    let console = s.console();
+    let line = |prefix: &str| -> String {
+        console
+            .lines()
+            .find(|l| l.contains(&format!("workload: {prefix}")))
+            .unwrap_or_else(|| panic!("no `{prefix}` line on the console"))
+            .to_string()
+    };
+    let ph = line("placeholder=");
+    let ph = ph.split("placeholder=").nth(1).unwrap_or_default().trim();
+    let suffix = ph.strip_prefix("mock-API_KEY-").unwrap_or_default();
+    assert!(
+        suffix.len() == 32 && suffix.bytes().all(|b| b.is_ascii_hexdigit()),
+        "a per-VM random placeholder: {ph:?}"
+    );
+    for mode in ["", "-envi"] {
+        let inside = line(&format!("scoped inside{mode} "));
+        assert!(inside.contains("status=200"), "{inside}");
+        let outside = line(&format!("scoped outside{mode} "));
+        assert!(
+            outside.contains("status=403") && outside.contains("binding"),
+            "{outside}"
+        );
+    }
+    let bearer = format!("Bearer {}", s.canary);
+    for path in ["/v1/allowed/env", "/v1/allowed/envi"] {
+        let req = s
+            .upstream
+            .wait_for_path(path, Duration::from_secs(5))
+            .await?;
+        assert_eq!(req.header("authorization"), Some(bearer.as_str()), "{path}");
+    }
+    assert!(
+        !s.upstream
+            .requests()
+            .iter()
+            .any(|r| r.path.starts_with("/v1/other")),
+        "a request outside the binding reached the upstream"
+    );
+    assert!(
+        !console.contains(&s.canary),
+        "the real value reached the guest"
+    );
+    s.passed();
+    env.completed();
     Ok(())
 }
