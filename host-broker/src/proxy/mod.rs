@@ -12,6 +12,7 @@ mod decode;
 mod headers;
 mod opaque;
 mod plain;
+pub(crate) mod pool;
 mod prefixed;
 mod request_body;
 mod response;
