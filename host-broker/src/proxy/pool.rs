@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::upstream_conn::UpstreamConn;
@@ -44,6 +44,9 @@ struct Entry {
 #[derive(Default)]
 pub(crate) struct UpstreamPool {
     conns: Mutex<HashMap<Key, Vec<Entry>>>,
+    /// Whether the sweeper task (closes connections idle past [`MAX_IDLE`] even when the VM
+    /// makes no more requests) has been started.
+    sweeping: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -85,10 +88,11 @@ impl UpstreamPool {
 
     /// Returns a connection after its request was sent (it may still be streaming the
     /// response body: then it is not ready and later checkouts pass it by).
-    pub(super) fn checkin(&self, host: &str, addr: SocketAddr, conn: UpstreamConn) {
+    pub(super) fn checkin(self: &Arc<Self>, host: &str, addr: SocketAddr, conn: UpstreamConn) {
         if conn.is_closed() {
             return;
         }
+        self.start_sweeper();
         self.with(host, addr, |list| {
             let has_h2 = list.iter().any(|e| e.conn.is_h2());
             if (conn.is_h2() && has_h2) || list.len() >= MAX_PER_KEY {
@@ -99,6 +103,27 @@ impl UpstreamPool {
                 since: Instant::now(),
             });
         })
+    }
+
+    /// Starts (once) a task that drops idle-expired and closed connections of every key;
+    /// it holds the pool weakly and ends with it (VM unregistered).
+    fn start_sweeper(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(MAX_IDLE / 2).await;
+                let Some(pool) = weak.upgrade() else { return };
+                let mut map = pool.conns.lock().unwrap_or_else(|e| e.into_inner());
+                map.retain(|_, list| {
+                    list.retain(|e| !e.conn.is_closed() && e.since.elapsed() < MAX_IDLE);
+                    !list.is_empty()
+                });
+            }
+        });
     }
 
     /// Whether a live connection for the key is pooled (ready or busy).
@@ -131,7 +156,7 @@ pub(super) async fn dial(
 /// exists (a pooled one, or one dialled and verified now and pooled), so a certificate
 /// failure is still a `502` to the `CONNECT` and never a tunnel. Err = the reason.
 pub(super) async fn ensure_verified(
-    pool: &UpstreamPool,
+    pool: &Arc<UpstreamPool>,
     shared: &Shared,
     host: &str,
     addr: SocketAddr,
