@@ -5,21 +5,18 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use common::*;
 use http_body_util::BodyExt;
+use support::pct;
 use tokio::net::TcpStream;
 
 const SMALL_REQUESTS: usize = 3000;
 const BULK_BYTES: usize = 64 << 20;
 const NEW_CONNS: usize = 300;
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
 
 type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
 
@@ -128,10 +125,8 @@ fn main() {
         let without = harness_for(&up, pki.ca_path.clone(), false).await;
 
         println!(
-            "host-broker proxy bench (loopback, {} cores)",
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0)
+            "host-broker proxy bench (loopback): {}",
+            support::machine_load()
         );
         println!(
             "small HTTPS GETs, one keep-alive connection, {SMALL_REQUESTS} sequential requests:"

@@ -10,6 +10,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use http_body_util::BodyExt;
 use shared_proto::{StreamHeader, StreamKind, TcpReply, TcpTarget, TunnelStream};
+use support::pct;
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 const SMALL_REQUESTS: usize = 2000;
@@ -84,10 +86,6 @@ const HEADERS: &[(&str, &str)] = &[
     ("host", "api.test"),
     ("authorization", "Bearer mock-API_KEY"),
 ];
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 async fn sequential(mut c: Sender) -> (f64, Duration, Duration) {
     for _ in 0..50 {

@@ -35,6 +35,9 @@ pub(crate) struct VmState {
     pub body_budget: Arc<tokio::sync::Semaphore>,
     /// The size `body_budget` was last set to (permits in use included).
     body_budget_size: Arc<std::sync::Mutex<usize>>,
+    /// Verified upstream connections reused across this VM's tunnels (shared by every
+    /// version; never by another VM). See `proxy::pool`.
+    pub upstream_pool: Arc<crate::proxy::pool::UpstreamPool>,
 }
 
 impl VmState {
@@ -60,6 +63,7 @@ impl VmState {
             open_control: Arc::default(),
             body_budget: Arc::new(tokio::sync::Semaphore::new(budget)),
             body_budget_size: Arc::new(std::sync::Mutex::new(budget)),
+            upstream_pool: Arc::default(),
         }
     }
 
@@ -79,6 +83,7 @@ impl VmState {
             open_control: self.open_control.clone(),
             body_budget: self.body_budget.clone(),
             body_budget_size: self.body_budget_size.clone(),
+            upstream_pool: self.upstream_pool.clone(),
         }
     }
 

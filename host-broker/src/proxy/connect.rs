@@ -1,9 +1,10 @@
 //! `CONNECT host:port`: policy, verified upstream TLS, then TLS interception with a leaf for
 //! `host` (see [`super::tunnel`]) and per-request gated substitution.
 //!
-//! The upstream TLS handshake happens *before* the `200` is sent: a failed verification is a
-//! plain `502` to the CONNECT and nothing of the guest's request ever exists, let alone
-//! reaches the upstream.
+//! A verified upstream connection exists *before* the `200` is sent (one of the VM's pooled
+//! connections, or one dialled now, see [`super::pool`]): a failed verification is a plain
+//! `502` to the CONNECT and nothing of the guest's request ever exists, let alone reaches the
+//! upstream.
 //!
 
 use std::future::Future;
@@ -21,7 +22,6 @@ use super::{allowed_target, record, refuse, StreamSlot};
 use crate::audit;
 use crate::policy::InterceptMode;
 use crate::state::{Shared, VmState};
-use crate::upstream;
 
 pub(super) async fn handle(
     req: Request<Incoming>,
@@ -82,10 +82,10 @@ pub(super) async fn handle(
         });
         return Response::new(body::full(""));
     }
-    let up = match upstream::dial_tls(&shared.upstream_tls, &host, addr).await {
-        Ok(s) => s,
-        Err(e) => return refuse(&shared, rec, StatusCode::BAD_GATEWAY, &e.to_string()),
-    };
+    let pool = &vm.upstream_pool;
+    if let Err(reason) = super::pool::ensure_verified(pool, &shared, &host, addr).await {
+        return refuse(&shared, rec, StatusCode::BAD_GATEWAY, &reason);
+    }
     let leaf = match vm.leaves.get(&host).await {
         Ok(l) => l,
         Err(e) => return refuse(&shared, rec, StatusCode::BAD_GATEWAY, &e.to_string()),
@@ -104,7 +104,7 @@ pub(super) async fn handle(
             shared,
             slot: tunnel_slot,
         };
-        t.intercept(io, leaf, up)
+        t.intercept(io, leaf)
     });
     Response::new(body::full(""))
 }

@@ -14,6 +14,7 @@ mod http10;
 mod metered;
 mod opaque;
 mod plain;
+pub(crate) mod pool;
 mod prefixed;
 mod request_body;
 mod response;

@@ -32,7 +32,6 @@ use crate::audit::{self, AuditRecord};
 use crate::policy::{resolve_target, InterceptMode};
 use crate::state::{Shared, VmState};
 use crate::tls::client_hello::{read_client_hello, Peeked};
-use crate::upstream;
 
 /// Audit method of captured connections (CONNECTs say `CONNECT`).
 const METHOD: &str = "TCP";
@@ -151,8 +150,8 @@ async fn tls<G>(
         audit::emit(&shared.events, record(&vm, &host, "tunnel", 200));
         return opaque::run(guest, Mode::PassThrough, METHOD, host, addr, vm, shared).await;
     }
-    let up = match upstream::dial_tls(&shared.upstream_tls, &host, addr).await {
-        Ok(s) => s,
+    match super::pool::ensure_verified(&vm.upstream_pool, &shared, &host, addr).await {
+        Ok(()) => {}
         Err(e) => {
             tracing::info!(error = %e, "captured TLS: upstream failed");
             return audit::emit(&shared.events, record(&vm, &host, "failed", 502));
@@ -174,7 +173,7 @@ async fn tls<G>(
         shared,
         slot,
     };
-    t.intercept(guest, leaf, up).await
+    t.intercept(guest, leaf).await
 }
 
 /// Plain HTTP/1 on a captured connection: each origin-form request is rewritten to the

@@ -20,25 +20,18 @@ use tokio_rustls::LazyConfigAcceptor;
 use super::body::ProxyBody;
 use super::decode::limit_accept_encoding;
 use super::headers::{host_header, host_without_port, strip_hop_by_hop};
+use super::pool;
 use super::request_body::{self, Inspected};
 use super::response::respond;
-use super::upstream_conn::UpstreamConn;
 use super::websocket;
 use super::{record, refuse, HEADER_READ_TIMEOUT};
 use crate::audit;
 use crate::policy::RequestScope;
 use crate::secrets::{GateContext, Verdict};
 use crate::state::{Shared, VmState};
-use crate::upstream;
-
-/// How long a request waits for the tunnel's HTTP/1.1 upstream connection to finish the
-/// previous response before it gets an extra connection of its own.
-const H1_REUSE_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Concurrent streams a guest may open on one HTTP/2 connection.
 const H2_MAX_STREAMS: u32 = 100;
-
-type UpstreamTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 pub(super) struct Tunnel {
     pub host: String,
@@ -52,14 +45,11 @@ pub(super) struct Tunnel {
     pub slot: Arc<super::StreamSlot>,
 }
 
-fn negotiated_h2(up: &UpstreamTls) -> bool {
-    up.get_ref().1.alpn_protocol() == Some(b"h2")
-}
-
 impl Tunnel {
     /// Serves the guest's TLS on `io` (the CONNECT's upgraded stream, or a captured
-    /// connection) against the already verified upstream `up`.
-    pub async fn intercept<I>(self, io: I, leaf: Arc<rustls::ServerConfig>, up: UpstreamTls)
+    /// connection). Upstream connections come from the VM's pool (the caller made sure a
+    /// verified one exists), so an idle tunnel holds none of its own.
+    pub async fn intercept<I>(self, io: I, leaf: Arc<rustls::ServerConfig>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -97,18 +87,11 @@ impl Tunnel {
             Err(e) => return tracing::info!(error = %e, "guest TLS handshake failed"),
         };
         let guest_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        let up_h2 = negotiated_h2(&up);
-        tracing::debug!(guest_h2, upstream_h2 = up_h2, "tunnel protocols");
-        let conn = match UpstreamConn::handshake(up, up_h2).await {
-            Ok(s) => s,
-            Err(e) => return tracing::info!(error = %e, "upstream HTTP handshake failed"),
-        };
+        tracing::debug!(guest_h2, "tunnel protocols");
         let this = Arc::new(self);
-        let conn = Arc::new(tokio::sync::Mutex::new(Some(conn)));
         let svc = service_fn(move |req| {
             let this = this.clone();
-            let conn = conn.clone();
-            async move { Ok::<_, std::convert::Infallible>(this.forward(req, &conn).await) }
+            async move { Ok::<_, std::convert::Infallible>(this.forward(req).await) }
         });
         let io = TokioIo::new(tls);
         let result = if guest_h2 {
@@ -162,11 +145,7 @@ impl Tunnel {
         }
     }
 
-    async fn forward(
-        &self,
-        mut req: Request<Incoming>,
-        conn: &tokio::sync::Mutex<Option<UpstreamConn>>,
-    ) -> Response<ProxyBody> {
+    async fn forward(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let host = &self.host;
         let mut rec = record(&self.vm, &req, host);
         let h2_guest = req.version() == Version::HTTP_2;
@@ -325,7 +304,7 @@ impl Tunnel {
         }
         let version = parts.version;
         let req = Request::from_parts(parts, body);
-        let result = self.send_upstream(conn, req, te_trailers, &authority).await;
+        let result = self.send_upstream(req, te_trailers, &authority).await;
         match result {
             Ok(resp) => {
                 let resp = respond(resp, rec, &creds, &self.shared);
@@ -335,71 +314,29 @@ impl Tunnel {
         }
     }
 
-    /// A new upstream connection (HTTP/2 or HTTP/1.1 as the upstream chooses).
-    async fn dial(&self) -> Result<UpstreamConn, String> {
-        let host = &self.host;
-        let up = upstream::dial_tls(&self.shared.upstream_tls, host, self.addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let h2 = negotiated_h2(&up);
-        UpstreamConn::handshake(up, h2)
-            .await
-            .map_err(|e| format!("upstream {host}: {e}"))
-    }
-
-    /// Sends one request upstream. HTTP/2: on the shared connection, concurrently. HTTP/1.1:
-    /// on the tunnel's connection when it is free, else on a one-off extra connection, so a
-    /// long response (SSE) on one stream of an HTTP/2 guest never stalls its other streams.
-    /// Err = the reason for a 502.
+    /// Sends one request upstream on a pooled connection of this VM for this host and
+    /// address (an HTTP/2 one concurrently, an idle HTTP/1.1 one exclusively), or on a new
+    /// verified one when none is free; the connection goes back to the pool once the
+    /// response head is in. No lock is held while a request is in flight, so a slow
+    /// response never delays another stream. Err = the reason for a 502.
     async fn send_upstream(
         &self,
-        conn: &tokio::sync::Mutex<Option<UpstreamConn>>,
         mut req: Request<ProxyBody>,
         te_trailers: bool,
         authority: &str,
     ) -> Result<Response<Incoming>, String> {
-        let host = &self.host;
-        let mut guard = conn.lock().await;
-        let usable = match guard.as_mut() {
-            Some(c) if c.is_closed() => false,
-            Some(c) if c.is_h2() => c.ready().await,
-            Some(_) => true,
-            None => false,
-        };
-        if !usable {
-            let mut fresh = self.dial().await?;
-            fresh.ready().await;
-            *guard = Some(fresh);
-        }
-        let Some(c) = guard.as_mut() else {
-            return Err(format!("upstream {host}: no connection"));
+        let (host, addr) = (&self.host, self.addr);
+        let pool = &self.vm.upstream_pool;
+        let mut c = match pool.checkout(host, addr) {
+            Some(c) => c,
+            None => pool::dial(&self.shared, host, addr).await?,
         };
         if c.is_h2() && te_trailers {
             req.headers_mut()
                 .insert(TE, HeaderValue::from_static("trailers"));
         }
-        let mut one_off;
-        let c = if let Some(shared) = c.shared() {
-            // HTTP/2: release the lock, other streams go concurrently.
-            drop(guard);
-            one_off = shared;
-            &mut one_off
-        } else if c.is_ready_now()
-            || tokio::time::timeout(H1_REUSE_WAIT, c.ready()).await == Ok(true)
-        {
-            let r = c.send(req, "https", authority).await;
-            return r.map_err(|e| format!("upstream {host}: {e}"));
-        } else {
-            // HTTP/1.1 busy with another response: an extra connection for this request.
-            drop(guard);
-            one_off = self.dial().await?;
-            if !one_off.ready().await {
-                return Err(format!("upstream {host}: connection closed"));
-            }
-            &mut one_off
-        };
-        c.send(req, "https", authority)
-            .await
-            .map_err(|e| format!("upstream {host}: {e}"))
+        let r = c.send(req, "https", authority).await;
+        pool.checkin(host, addr, c);
+        r.map_err(|e| format!("upstream {host}: {e}"))
     }
 }
