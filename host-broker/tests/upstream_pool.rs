@@ -86,16 +86,7 @@ async fn slow_upstream(tls: Arc<rustls::ServerConfig>) -> SlowUpstream {
 }
 
 fn h2_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::pem::PemObject;
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut cfg = (*client_trusting(ca_pem)).clone();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Arc::new(cfg)
 }

@@ -25,6 +25,18 @@ fn secret(v: &str) -> SecretSource {
     SecretSource::Value(SecretValue::new(v.to_owned()))
 }
 
+/// An exec-mode VM on the Debian root running `script` from tests/guest.
+fn exec_spec(name: &str, script: &str) -> ScenarioSpec {
+    ScenarioSpec {
+        name: name.into(),
+        initrd: InitrdSpec::new().file(guest_file(script), "/sluice/workload.sh", 0o755),
+        cmdline: "sluice.mode=exec sluice.exec=/run/sluice/workload.sh".into(),
+        debian_root: true,
+        broker: true,
+        memory_mib: 1024,
+    }
+}
+
 #[tokio::test]
 async fn awscli_and_boto3_sign_with_placeholders_and_the_broker_re_signs() -> anyhow::Result<()> {
     let Some(env) =
@@ -33,18 +45,7 @@ async fn awscli_and_boto3_sign_with_placeholders_and_the_broker_re_signs() -> an
         return Ok(());
     };
     let name = "cred-aws";
-    let spec = ScenarioSpec {
-        name: name.into(),
-        initrd: InitrdSpec::new().file(
-            guest_file("credentials-aws.sh"),
-            "/sluice/workload.sh",
-            0o755,
-        ),
-        cmdline: "sluice.mode=exec sluice.exec=/run/sluice/workload.sh".into(),
-        debian_root: true,
-        broker: true,
-        memory_mib: 1024,
-    };
+    let spec = exec_spec(name, "credentials-aws.sh");
     // The AWS credential is in the policy before the VM starts.
     let mut s = Scenario::boot_with_policy(&env.platform, &env.artifacts, spec, |policy| {
         let mut aws = CredentialSpec::new(secret(KEY_ID));
@@ -140,18 +141,7 @@ async fn curl_with_a_random_placeholder_is_substituted_only_inside_its_binding(
         return Ok(());
     };
     let name = "cred-scoped";
-    let spec = ScenarioSpec {
-        name: name.into(),
-        initrd: InitrdSpec::new().file(
-            guest_file("credentials-scoped.sh"),
-            "/sluice/workload.sh",
-            0o755,
-        ),
-        cmdline: "sluice.mode=exec sluice.exec=/run/sluice/workload.sh".into(),
-        debian_root: true,
-        broker: true,
-        memory_mib: 1024,
-    };
+    let spec = exec_spec(name, "credentials-scoped.sh");
     let mut s = Scenario::boot_with_policy(&env.platform, &env.artifacts, spec, |policy| {
         let cred = policy
             .credentials
