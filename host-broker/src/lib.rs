@@ -1,16 +1,26 @@
 //! Sluice host broker: serves guest streams arriving over (hybrid) vsock, applies egress
 //! policy, intercepts TLS with a per-VM CA and substitutes credential placeholders only where
 //! every gate holds. See host-broker/README.md and docs/architecture.md.
+//!
+//! Two layers (docs/architecture.md, "Layers"): the core (everything an embedder such as a
+//! VM manager needs: [`Broker`], policy, secrets, TLS, proxy, transports, events) and, behind
+//! the default `daemon` feature, the daemon layer on top of it (control API, persistence,
+//! serve config; the `host-broker` binary). The core never uses the daemon layer. Embed with
+//! `default-features = false`.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "daemon")]
 pub mod api;
 pub mod audit;
 mod broker;
+#[cfg(feature = "daemon")]
 pub mod config;
 mod control;
 mod dispatch;
 mod dns;
+mod fsutil;
 pub mod metrics;
+#[cfg(feature = "daemon")]
 pub mod persist;
 pub mod policy;
 pub mod proxy;
