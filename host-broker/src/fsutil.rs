@@ -1,5 +1,5 @@
 //! Atomic file writes, shared by the core (the per-VM CA, `tls/ca.rs`) and the daemon's
-//! persistence (`persist.rs`, which builds on this, never the other way).
+//! persistence (`daemon/persist.rs`, which builds on this, never the other way).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

@@ -9,19 +9,14 @@
 //! `default-features = false`.
 #![forbid(unsafe_code)]
 
-#[cfg(feature = "daemon")]
-pub mod api;
+// The core.
 pub mod audit;
 mod broker;
-#[cfg(feature = "daemon")]
-pub mod config;
 mod control;
 mod dispatch;
 mod dns;
 mod fsutil;
 pub mod metrics;
-#[cfg(feature = "daemon")]
-pub mod persist;
 pub mod policy;
 pub mod proxy;
 mod refresher;
@@ -30,6 +25,13 @@ mod state;
 pub mod tls;
 pub mod transport;
 pub mod upstream;
+
+// The daemon layer, on top of the core. `host_broker::{api, config, persist}` stay valid
+// paths (the binary and the daemon tests use them).
+#[cfg(feature = "daemon")]
+pub mod daemon;
+#[cfg(feature = "daemon")]
+pub use daemon::{api, config, persist};
 
 pub use audit::AuditRecord;
 pub use broker::{Broker, BrokerConfig, BrokerError, BrokerEvent, VmInfo, VmSpec, VmTransport};
