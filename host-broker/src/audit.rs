@@ -2,7 +2,7 @@
 //!
 //! Each record is emitted as a tracing event with target `sluice::audit` (fields: vm, host,
 //! method, path without query, credential names, verdict, status, bytes) and broadcast as
-//! [`crate::BrokerEvent::Request`]. Records hold names only, never credential values.
+//! [`BrokerEvent::Request`]. Records hold names only, never credential values.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,7 +11,26 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use crate::metrics::Metrics;
-use crate::BrokerEvent;
+
+/// What the broker reports to embedders.
+#[derive(Debug, Clone)]
+pub enum BrokerEvent {
+    AgentHello {
+        vm: String,
+        agent_version: String,
+        boot_mode: shared_proto::BootMode,
+    },
+    WorkloadExited {
+        vm: String,
+        exit: shared_proto::WorkloadExit,
+    },
+    AgentFailed {
+        vm: String,
+        reason: String,
+    },
+    /// One proxied request or refusal (same fields as the `sluice::audit` event).
+    Request(AuditRecord),
+}
 
 /// Where events go: the broadcast channel embedders subscribe to, plus the statistics and
 /// metrics derived from them. Cheap to clone.

@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
 
-use crate::audit::{AuditRecord, EventSink};
+use crate::audit::EventSink;
 use crate::metrics::{Metrics, VmStats};
 use crate::policy::{CredentialSpec, Policy};
 use crate::secrets::{CredentialError, CredentialSet, EnvSource, ProcessEnv};
@@ -51,25 +51,9 @@ pub struct VmSpec {
     pub policy: Policy,
 }
 
-/// What the broker reports to embedders.
-#[derive(Debug, Clone)]
-pub enum BrokerEvent {
-    AgentHello {
-        vm: String,
-        agent_version: String,
-        boot_mode: shared_proto::BootMode,
-    },
-    WorkloadExited {
-        vm: String,
-        exit: shared_proto::WorkloadExit,
-    },
-    AgentFailed {
-        vm: String,
-        reason: String,
-    },
-    /// One proxied request or refusal (same fields as the `sluice::audit` event).
-    Request(AuditRecord),
-}
+// `BrokerEvent` lives in `audit` (the event sink carries it), so that `audit` and
+// `control` need nothing from this module.
+pub use crate::audit::BrokerEvent;
 
 /// Errors of the broker API.
 #[derive(Debug, thiserror::Error)]

@@ -12,9 +12,8 @@ use shared_proto::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use crate::audit::Untrusted;
+use crate::audit::{BrokerEvent, Untrusted};
 use crate::state::{Shared, VmState};
-use crate::BrokerEvent;
 
 /// Port of the agent's local proxy listener, sent in every GuestConfig.
 pub const GUEST_PROXY_PORT: u16 = 3128;

@@ -19,6 +19,8 @@ step() {
 step bootstrap bash tests/scripts/bootstrap.sh
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
+# The embeddable core alone (host-broker without its daemon layer, docs/architecture.md "Layers").
+step core-only cargo clippy -p host-broker --no-default-features --lib --examples -- -D warnings
 step guest-binaries cargo build --release --target x86_64-unknown-linux-musl \
   -p guest-agent -p sluice-probe
 

@@ -27,6 +27,7 @@ pub use model::{
     InterceptMode, Location, OnViolation, Policy, PrivateNetworks, SecretSource, SigV4Spec,
     DEFAULT_REFRESH_GRACE_SECS, DEFAULT_SCRUB_RETIRED_SECS, SIGV4_SECRET_ENV, SIGV4_TOKEN_ENV,
 };
+#[cfg(feature = "daemon")]
 pub(crate) use parse::toml_message;
 pub use resolve::resolve_target;
 pub use summary::summarize;

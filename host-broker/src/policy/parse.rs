@@ -74,7 +74,7 @@ fn path_or_root(p: String) -> String {
 
 /// The TOML error message with its position, but without the source snippet that
 /// `toml::de::Error`'s Display adds: that line could hold an inline secret value. Also used
-/// for the serve config (`crate::config`), which can hold inline policies.
+/// for the serve config (`daemon::config`), which can hold inline policies.
 pub(crate) fn toml_message(src: &str, e: &toml::de::Error) -> String {
     match e.span() {
         Some(span) => {

@@ -196,7 +196,7 @@ fn load_existing(key_path: &Path, pem_path: &Path) -> Result<VmCa, CaError> {
 /// Writes `data` to `path` atomically (temp file in the same directory created with `mode`,
 /// fsync, rename, fsync of the directory).
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
-    crate::persist::write_atomic_mode(path, data, mode).map_err(|e| CaError::Write {
+    crate::fsutil::write_atomic_mode(path, data, mode).map_err(|e| CaError::Write {
         path: path.to_path_buf(),
         message: e.to_string(),
     })

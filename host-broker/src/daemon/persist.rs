@@ -10,8 +10,7 @@
 //! their values are read again at restore time. Every write is atomic (temp file in the same
 //! directory, fsync, rename, fsync of the directory).
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -197,37 +196,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
     write_atomic_mode(path, bytes, 0o600)
 }
 
-/// Writes `bytes` to `path` atomically; the file is created with `mode` at open time.
+/// Writes `bytes` to `path` atomically; the file is created with `mode` at open time (the
+/// core's [`crate::fsutil::write_atomic_mode`], with the store's error type).
 pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PersistError> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| PersistError::Io { path: p, source }
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    // pid + a per-process counter: concurrent writers of one path never share a temp file.
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}.{seq}",
-        name.unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::fsutil::write_atomic_mode(path, bytes, mode).map_err(|e| PersistError::Io {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 #[cfg(test)]

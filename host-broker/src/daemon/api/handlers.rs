@@ -12,7 +12,7 @@ use http_body_util::Full;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::persist::{Store, VmRecord};
+use crate::daemon::persist::{Store, VmRecord};
 use crate::policy::{
     CredentialSpec, HostRule, InjectRule, Location, OnViolation, Policy, PolicyError, SecretSource,
 };
