@@ -140,21 +140,6 @@ fn guest_signed(
     b.body(Full::new(Bytes::from(body.to_owned()))).unwrap()
 }
 
-async fn send(
-    c: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    req: Request<Full<Bytes>>,
-) -> (u16, HeaderMap, String) {
-    c.ready().await.unwrap();
-    let resp = tokio::time::timeout(WAIT, c.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
-}
-
 #[tokio::test]
 async fn placeholder_signed_requests_are_verified_and_re_signed_with_the_real_secret() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use common::*;
@@ -83,16 +83,9 @@ async fn spawn_raw(tls: Arc<rustls::ServerConfig>) -> SocketAddr {
                 let Ok(mut s) = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await else {
                     return;
                 };
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match s.read(&mut b).await {
-                        Ok(1) => head.push(b[0]),
-                        _ => return,
-                    }
-                }
-                let line = String::from_utf8_lossy(&head).into_owned();
-                let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let Some(path) = read_request_path(&mut s).await else {
+                    return;
+                };
                 let _ = s.write_all(&canned(&path)).await;
                 let _ = s.shutdown().await;
             });

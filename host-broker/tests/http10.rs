@@ -18,16 +18,9 @@ use proto::*;
 /// `/abort`: a chunked body holding the real value, then the connection closes before the
 /// last chunk. `/whole`: the same body, complete.
 async fn answer_raw<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut b).await {
-            Ok(1) => head.push(b[0]),
-            _ => return,
-        }
-    }
-    let line = String::from_utf8_lossy(&head).into_owned();
-    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let Some(path) = read_request_path(&mut s).await else {
+        return;
+    };
     let chunk = format!("value={SECRET}\n");
     let mut out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     out.extend(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes());

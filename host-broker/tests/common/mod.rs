@@ -430,7 +430,14 @@ pub async fn get(
     for (n, v) in headers {
         b = b.header(*n, *v);
     }
-    let req = b.body(Full::new(Bytes::new())).unwrap();
+    send(sender, b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// Sends `req` and returns (status, headers, body), bounded by [`WAIT`].
+pub async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> (u16, http::HeaderMap, String) {
     sender.ready().await.unwrap();
     let resp = tokio::time::timeout(WAIT, sender.send_request(req))
         .await
@@ -440,6 +447,22 @@ pub async fn get(
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Reads a request head byte by byte (raw test upstreams) and returns its path; `None` if
+/// the stream ends first.
+pub async fn read_request_path<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b).await {
+            Ok(1) => head.push(b[0]),
+            _ => return None,
+        }
+    }
+    let line = String::from_utf8_lossy(&head).into_owned();
+    Some(line.split_whitespace().nth(1).unwrap_or("/").to_owned())
 }
 
 /// Convenience: CONNECT + intercepted TLS + HTTP/1.1 client for `host:port`.
