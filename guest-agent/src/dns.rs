@@ -7,7 +7,6 @@
 //! name; any other name gets NXDOMAIN. No question ever goes to a real resolver from here:
 //! the broker alone resolves, and only names its policy allows.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,12 +17,15 @@ use simple_dns::{Name, Packet, PacketFlag, ResourceRecord, CLASS, OPCODE, QTYPE,
 use tracing::{debug, warn};
 
 use crate::capture::fake_ip::FakeIpPool;
+use crate::dns_cache::ExpiringCache;
 use crate::endpoint::Endpoint;
 
 /// How long the agent reuses a broker decision for a name (the broker may shorten it).
 const MAX_CACHE: Duration = Duration::from_secs(30);
 /// TTL of the synthetic answers handed to guest resolvers.
 const ANSWER_TTL: u32 = 60;
+/// Names whose decision the agent keeps at most (see [`ExpiringCache`] for eviction).
+const CACHE_CAPACITY: usize = 10_000;
 /// Upper bound on one broker round trip for a question.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -39,7 +41,7 @@ enum Decision {
 pub struct Resolver {
     broker: Arc<Endpoint>,
     pool: Mutex<FakeIpPool>,
-    cache: Mutex<HashMap<String, (Decision, Instant)>>,
+    cache: Mutex<ExpiringCache<String, Decision>>,
 }
 
 impl Resolver {
@@ -47,7 +49,7 @@ impl Resolver {
         Resolver {
             broker,
             pool: Mutex::new(FakeIpPool::default()),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(ExpiringCache::new(CACHE_CAPACITY)),
         }
     }
 
@@ -119,10 +121,8 @@ impl Resolver {
     /// The cached decision for `name`, or the broker's; `None` when the broker cannot be
     /// asked (the guest gets SERVFAIL and may retry).
     async fn decide(&self, name: &str, record_type: DnsRecordType) -> Option<Decision> {
-        if let Some((d, until)) = self.cache.lock().ok()?.get(name).copied() {
-            if Instant::now() < until {
-                return Some(d);
-            }
+        if let Some(d) = self.cache.lock().ok()?.get(name, Instant::now()) {
+            return Some(d);
         }
         let question = DnsQuestion {
             name: name.to_owned(),
@@ -148,10 +148,8 @@ impl Resolver {
         };
         let keep = Duration::from_secs(u64::from(ttl)).min(MAX_CACHE);
         if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() > 10_000 {
-                cache.clear();
-            }
-            cache.insert(name.to_owned(), (decision, Instant::now() + keep));
+            let now = Instant::now();
+            cache.insert(name.to_owned(), decision, now + keep, now);
         }
         Some(decision)
     }
@@ -196,7 +194,10 @@ mod tests {
         let r = Resolver::new(Arc::new(Endpoint::Unix("/nonexistent/broker.sock".into())));
         let until = Instant::now() + Duration::from_secs(60);
         for (n, d) in decisions {
-            r.cache.lock().unwrap().insert((*n).to_owned(), (*d, until));
+            r.cache
+                .lock()
+                .unwrap()
+                .insert((*n).to_owned(), *d, until, Instant::now());
         }
         r
     }

@@ -9,6 +9,7 @@ pub mod capture;
 pub mod cmdline;
 pub mod console;
 pub mod dns;
+pub mod dns_cache;
 pub mod dns_server;
 pub mod egress;
 pub mod endpoint;
