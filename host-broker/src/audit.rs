@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use crate::metrics::Metrics;
+pub use crate::outcome::Outcome;
 
 /// What the broker reports to embedders.
 #[derive(Debug, Clone)]
@@ -70,8 +71,8 @@ pub struct AuditRecord {
     pub path: String,
     /// Names of the credentials substituted (or, when blocked, violated).
     pub credentials: Vec<String>,
-    /// `forwarded`, `blocked`, `denied` (egress policy), `failed` (upstream), `error`.
-    pub verdict: String,
+    /// What happened; serialized as its string (`forwarded`, `blocked`, `denied`, ...).
+    pub verdict: Outcome,
     pub status: u16,
     /// Response body bytes sent back to the guest.
     pub bytes: u64,
@@ -115,7 +116,13 @@ pub fn emit(events: &EventSink, rec: AuditRecord) {
 }
 
 fn emit_timed(events: &EventSink, rec: AuditRecord, duration: Option<Duration>) {
-    events.metrics.record(&rec, duration);
+    events.metrics.record(
+        &rec.vm,
+        rec.verdict,
+        rec.credentials.len(),
+        rec.bytes,
+        duration,
+    );
     tracing::info!(
         target: "sluice::audit",
         vm = %rec.vm,

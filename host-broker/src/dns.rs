@@ -11,7 +11,7 @@ use std::time::Duration;
 use shared_proto::{DnsQuestion, DnsRecordType, DnsReply};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::audit::{self, AuditRecord};
+use crate::audit::{self, AuditRecord, Outcome};
 use crate::state::{Shared, VmState};
 
 /// How long the agent may reuse an allowed answer (a policy update reaches it this fast).
@@ -40,12 +40,12 @@ pub(crate) async fn answer<S>(
             DnsReply::Allowed {
                 ttl_secs: ALLOWED_TTL.as_secs() as u32,
             },
-            "resolved",
+            Outcome::Resolved,
             200,
         ),
         Err(d) => {
             tracing::info!(reason = %d.reason, "DNS: NXDOMAIN");
-            (DnsReply::Denied { reason: d.reason }, "denied", 403)
+            (DnsReply::Denied { reason: d.reason }, Outcome::Denied, 403)
         }
     };
     audit::emit(
@@ -56,7 +56,7 @@ pub(crate) async fn answer<S>(
             method: "DNS".into(),
             path: type_label(question.record_type),
             credentials: Vec::new(),
-            verdict: verdict.into(),
+            verdict,
             status,
             bytes: 0,
         },

@@ -17,6 +17,7 @@ mod dispatch;
 mod dns;
 mod fsutil;
 pub mod metrics;
+mod outcome;
 pub mod policy;
 pub mod proxy;
 mod refresher;
@@ -33,7 +34,7 @@ pub mod daemon;
 #[cfg(feature = "daemon")]
 pub use daemon::{api, config, persist};
 
-pub use audit::AuditRecord;
+pub use audit::{AuditRecord, Outcome};
 pub use broker::{Broker, BrokerConfig, BrokerError, BrokerEvent, VmInfo, VmSpec, VmTransport};
 pub use control::GUEST_PROXY_PORT;
 pub use dispatch::HEADER_TIMEOUT;

@@ -1,9 +1,13 @@
 //! Per-VM statistics and Prometheus metrics, both derived from the audit records (every
-//! request/decision passes through [`crate::audit::emit`]) and from stream starts.
+//! request/decision passes through `audit::emit`, which feeds [`Metrics::record`]) and from
+//! stream starts.
+//!
+//! Layering: the event sink (`audit`) holds and feeds the metrics, so this module does not
+//! know audit records; it counts what `audit` hands it, indexed by the typed [`Outcome`].
 //!
 //! Label sets are bounded: `vm` (registered VMs only; a VM's series are removed when it is
-//! unregistered) and `verdict` (a fixed set). No host, path, query or credential value is
-//! ever a label.
+//! unregistered) and `verdict` (the fixed set [`Outcome::ALL`]). No host, path, query or
+//! credential value is ever a label.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,21 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::audit::AuditRecord;
-
-/// Verdicts that become label values; anything else is counted as `other`.
-const VERDICTS: [&str; 10] = [
-    "intercepted",
-    "forwarded",
-    "blocked",
-    "denied",
-    "failed",
-    "error",
-    "tunnel",
-    "relayed",
-    "passthrough",
-    "resolved",
-];
+use crate::outcome::Outcome;
 
 /// Counters of one VM since it was registered (in this broker process).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -58,7 +48,7 @@ struct VmCounters {
     bytes: AtomicU64,
     substitutions: AtomicU64,
     violations: AtomicU64,
-    verdicts: [AtomicU64; VERDICTS.len() + 1],
+    verdicts: [AtomicU64; Outcome::ALL.len()],
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,17 +111,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn verdict_index(v: &str) -> usize {
-    VERDICTS
-        .iter()
-        .position(|x| *x == v)
-        .unwrap_or(VERDICTS.len())
-}
-
-fn verdict_label(i: usize) -> &'static str {
-    VERDICTS.get(i).copied().unwrap_or("other")
 }
 
 impl Metrics {
@@ -257,10 +236,10 @@ impl Metrics {
             self.credential_stale.remove(&l);
             self.credential_unavailable.remove(&l);
         }
-        for i in 0..=VERDICTS.len() {
+        for o in Outcome::ALL {
             self.requests.remove(&VmVerdictLabel {
                 vm: vm.to_owned(),
-                verdict: verdict_label(i),
+                verdict: o.as_str(),
             });
         }
     }
@@ -283,43 +262,52 @@ impl Metrics {
         self.connections_all.inc();
     }
 
-    /// Counts one audit record; `duration` is set for forwarded requests.
-    pub fn record(&self, rec: &AuditRecord, duration: Option<Duration>) {
-        let Some(c) = self.counters(&rec.vm) else {
+    /// Counts one audit record of `vm` (its verdict, the number of credentials it names and
+    /// the response bytes); `duration` is set for forwarded requests.
+    pub fn record(
+        &self,
+        vm: &str,
+        outcome: Outcome,
+        credentials: usize,
+        bytes: u64,
+        duration: Option<Duration>,
+    ) {
+        let Some(c) = self.counters(vm) else {
             return;
         };
-        let vi = verdict_index(&rec.verdict);
-        let verdict = verdict_label(vi);
-        let subs = if rec.verdict == "forwarded" {
-            rec.credentials.len() as u64
+        let verdict = outcome.as_str();
+        // A forwarded record names the credentials substituted; any other names violated
+        // ones (or none).
+        let subs = if outcome == Outcome::Forwarded {
+            credentials as u64
         } else {
             0
         };
         c.requests.fetch_add(1, Ordering::Relaxed);
-        c.bytes.fetch_add(rec.bytes, Ordering::Relaxed);
+        c.bytes.fetch_add(bytes, Ordering::Relaxed);
         c.substitutions.fetch_add(subs, Ordering::Relaxed);
-        if matches!(verdict, "blocked" | "denied") {
+        if outcome.is_violation() {
             c.violations.fetch_add(1, Ordering::Relaxed);
         }
-        c.verdicts[vi].fetch_add(1, Ordering::Relaxed);
-        let vm = VmLabel { vm: rec.vm.clone() };
+        c.verdicts[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        let vml = VmLabel { vm: vm.to_owned() };
         self.requests
             .get_or_create(&VmVerdictLabel {
-                vm: rec.vm.clone(),
+                vm: vm.to_owned(),
                 verdict,
             })
             .inc();
         self.requests_all
             .get_or_create(&VerdictLabel { verdict })
             .inc();
-        self.bytes.get_or_create(&vm).inc_by(rec.bytes);
-        self.bytes_all.inc_by(rec.bytes);
+        self.bytes.get_or_create(&vml).inc_by(bytes);
+        self.bytes_all.inc_by(bytes);
         if subs > 0 {
-            self.substitutions.get_or_create(&vm).inc_by(subs);
+            self.substitutions.get_or_create(&vml).inc_by(subs);
             self.substitutions_all.inc_by(subs);
         }
         if let Some(d) = duration {
-            self.latency.get_or_create(&vm).observe(d.as_secs_f64());
+            self.latency.get_or_create(&vml).observe(d.as_secs_f64());
             self.latency_all.observe(d.as_secs_f64());
         }
     }
@@ -362,10 +350,11 @@ impl Metrics {
     /// The counters of `vm`, if registered.
     pub fn stats(&self, vm: &str) -> Option<VmStats> {
         let c = self.counters(vm)?;
-        let verdicts = (0..=VERDICTS.len())
-            .filter_map(|i| {
-                let n = c.verdicts[i].load(Ordering::Relaxed);
-                (n > 0).then(|| (verdict_label(i).to_owned(), n))
+        let verdicts = Outcome::ALL
+            .iter()
+            .filter_map(|o| {
+                let n = c.verdicts[o.index()].load(Ordering::Relaxed);
+                (n > 0).then(|| (o.as_str().to_owned(), n))
             })
             .collect();
         Some(VmStats {
@@ -391,30 +380,20 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    fn rec(vm: &str, verdict: &str, creds: &[&str], bytes: u64) -> AuditRecord {
-        AuditRecord {
-            vm: vm.into(),
-            host: "api.example.com".into(),
-            method: "GET".into(),
-            path: "/secret-path".into(),
-            credentials: creds.iter().map(|s| s.to_string()).collect(),
-            verdict: verdict.into(),
-            status: 200,
-            bytes,
-        }
-    }
-
     #[test]
     fn counts_per_vm_and_removes_series() {
         let m = Metrics::new();
         m.add_vm("a");
         m.connection("a");
         m.record(
-            &rec("a", "forwarded", &["K"], 10),
+            "a",
+            Outcome::Forwarded,
+            1,
+            10,
             Some(Duration::from_millis(3)),
         );
-        m.record(&rec("a", "denied", &[], 5), None);
-        m.record(&rec("unregistered", "forwarded", &[], 5), None);
+        m.record("a", Outcome::Denied, 0, 5, None);
+        m.record("unregistered", Outcome::Forwarded, 0, 5, None);
         let s = m.stats("a").unwrap();
         assert_eq!(
             (

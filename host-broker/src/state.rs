@@ -37,7 +37,7 @@ pub(crate) struct VmState {
     body_budget_size: Arc<std::sync::Mutex<usize>>,
     /// Verified upstream connections reused across this VM's tunnels (shared by every
     /// version; never by another VM). See `proxy::pool`.
-    pub upstream_pool: Arc<crate::proxy::pool::UpstreamPool>,
+    pub upstream_pool: Arc<crate::upstream::pool::UpstreamPool>,
 }
 
 impl VmState {

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::outcome::Outcome;
+
 /// A policy that cannot be used. Every variant names where the problem is (file, field path).
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -58,11 +60,11 @@ impl Denial {
     }
 
     /// The audit verdict and HTTP status this refusal is answered with.
-    pub fn verdict_and_status(&self) -> (&'static str, u16) {
+    pub fn verdict_and_status(&self) -> (Outcome, u16) {
         if self.unresolved {
-            ("failed", 502)
+            (Outcome::Failed, 502)
         } else {
-            ("denied", 403)
+            (Outcome::Denied, 403)
         }
     }
 }

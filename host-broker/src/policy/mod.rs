@@ -15,6 +15,7 @@ mod local_addrs;
 mod model;
 mod parse;
 mod resolve;
+pub(crate) mod secret_value;
 mod summary;
 mod validate;
 
@@ -25,11 +26,13 @@ pub use ip_class::{classify_private, PrivateClass};
 pub use model::{
     Cidr, CommandSource, CredentialSpec, DefaultAction, EgressPolicy, EgressRule, InjectRule,
     InterceptMode, Location, OnViolation, Policy, PrivateNetworks, SecretSource, SigV4Spec,
-    DEFAULT_REFRESH_GRACE_SECS, DEFAULT_SCRUB_RETIRED_SECS, SIGV4_SECRET_ENV, SIGV4_TOKEN_ENV,
+    DEFAULT_REFRESH_GRACE_SECS, DEFAULT_SCRUB_RETIRED_SECS, RANDOM_PLACEHOLDER, SIGV4_SECRET_ENV,
+    SIGV4_TOKEN_ENV,
 };
 #[cfg(feature = "daemon")]
 pub(crate) use parse::toml_message;
 pub use resolve::resolve_target;
+pub use secret_value::SecretValue;
 pub use summary::summarize;
 
 #[cfg(test)]

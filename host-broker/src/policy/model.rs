@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::binding::HostRule;
 use super::host_pattern::HostPattern;
-use crate::secrets::SecretValue;
+use super::secret_value::SecretValue;
 
 /// Per-VM policy. Every field has a default, so `{}` is a valid policy that denies all egress.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -172,6 +172,10 @@ pub struct SigV4Spec {
     #[serde(default)]
     pub session_token: Option<SecretSource>,
 }
+
+/// The `placeholder` value asking for a random one (drawn per VM by the secrets layer;
+/// re-exported as `secrets::RANDOM_PLACEHOLDER`).
+pub const RANDOM_PLACEHOLDER: &str = "random";
 
 /// Guest variable holding the placeholder secret key of an `aws_sigv4` credential.
 pub const SIGV4_SECRET_ENV: &str = "AWS_SECRET_ACCESS_KEY";

@@ -65,7 +65,7 @@ pub fn summarize(policy: &Policy) -> String {
             s,
             "  {name}: placeholder {}, source {source}, hosts {}, in {}, on_violation {}",
             match c.placeholder_for(name) {
-                p if p == crate::secrets::RANDOM_PLACEHOLDER => "random (drawn per VM)".into(),
+                p if p == super::RANDOM_PLACEHOLDER => "random (drawn per VM)".into(),
                 p => p,
             },
             hosts.join(", "),

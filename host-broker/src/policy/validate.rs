@@ -60,7 +60,7 @@ impl Policy {
             validate_credential(&path, name, spec)?;
             let ph = spec.placeholder_for(name);
             // `random` is drawn per VM at registration: never shared.
-            if ph == crate::secrets::RANDOM_PLACEHOLDER {
+            if ph == super::RANDOM_PLACEHOLDER {
                 continue;
             }
             if let Some(other) = placeholders.insert(ph.clone(), name) {

@@ -73,7 +73,7 @@ pub(super) async fn handle(
         None
     };
     if let Some(mode) = opaque {
-        rec.verdict = "tunnel".into();
+        rec.verdict = audit::Outcome::Tunnel;
         rec.status = 200;
         audit::emit(&shared.events, rec);
         let span = tracing::info_span!("tunnel", %host, port, %addr, ?mode);
@@ -83,14 +83,16 @@ pub(super) async fn handle(
         return Response::new(body::full(""));
     }
     let pool = &vm.upstream_pool;
-    if let Err(reason) = super::pool::ensure_verified(pool, &shared, &host, addr).await {
+    if let Err(reason) =
+        crate::upstream::pool::ensure_verified(pool, &shared.upstream_tls, &host, addr).await
+    {
         return refuse(&shared, rec, StatusCode::BAD_GATEWAY, &reason);
     }
     let leaf = match vm.leaves.get(&host).await {
         Ok(l) => l,
         Err(e) => return refuse(&shared, rec, StatusCode::BAD_GATEWAY, &e.to_string()),
     };
-    rec.verdict = "intercepted".into();
+    rec.verdict = audit::Outcome::Intercepted;
     rec.status = 200;
     audit::emit(&shared.events, rec);
     let span = tracing::info_span!("tunnel", %host, port, %addr);

@@ -9,18 +9,17 @@
 mod body;
 mod connect;
 mod decode;
+mod gates;
 mod headers;
 mod http10;
 mod metered;
 mod opaque;
 mod plain;
-pub(crate) mod pool;
 mod prefixed;
 mod request_body;
 mod response;
 mod transparent;
 mod tunnel;
-mod upstream_conn;
 mod websocket;
 mod ws_relay;
 
@@ -36,7 +35,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
-use crate::audit::{self, AuditRecord};
+use crate::audit::{self, AuditRecord, Outcome};
 use crate::policy::resolve_target;
 use crate::state::{Shared, VmState};
 
@@ -177,7 +176,8 @@ async fn route(
     }
 }
 
-/// An audit record for `req`, verdict and status to be filled in.
+/// An audit record for `req`, verdict and status to be filled in (`refuse` derives the
+/// verdict from the status; the forwarding paths set [`Outcome::Forwarded`]).
 fn record<B>(vm: &VmState, req: &Request<B>, host: &str) -> AuditRecord {
     AuditRecord {
         vm: vm.id.clone(),
@@ -190,7 +190,7 @@ fn record<B>(vm: &VmState, req: &Request<B>, host: &str) -> AuditRecord {
                 .unwrap_or("/"),
         ),
         credentials: Vec::new(),
-        verdict: String::new(),
+        verdict: Outcome::Error,
         status: 0,
         bytes: 0,
     }
@@ -209,27 +209,34 @@ async fn allowed_target(
 ) -> Result<SocketAddr, Response<ProxyBody>> {
     resolve_target(&vm.policy, host, port).await.map_err(|d| {
         let (verdict, status) = d.verdict_and_status();
-        rec.verdict = verdict.into();
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-        refuse(shared, rec.clone(), status, &d.reason)
+        refuse_as(shared, rec.clone(), verdict, status, &d.reason)
     })
 }
 
-/// Builds a refusal/failure answer, emits its audit record and returns the response.
+/// Builds a refusal/failure answer, emits its audit record and returns the response. The
+/// verdict follows from the status ([`Outcome::of_refusal`]: `403` blocked, `502`/`504`
+/// failed, else error); [`refuse_as`] names another.
 fn refuse(
     shared: &Shared,
-    mut rec: AuditRecord,
+    rec: AuditRecord,
     status: StatusCode,
     reason: &str,
 ) -> Response<ProxyBody> {
-    if rec.verdict.is_empty() {
-        rec.verdict = match status {
-            StatusCode::FORBIDDEN => "blocked",
-            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => "failed",
-            _ => "error",
-        }
-        .to_owned();
-    }
+    let verdict = Outcome::of_refusal(status.as_u16());
+    refuse_as(shared, rec, verdict, status, reason)
+}
+
+/// [`refuse`] with an explicit verdict (an egress denial is `denied`, a misdirected HTTP/2
+/// request `blocked` although answered `421`).
+fn refuse_as(
+    shared: &Shared,
+    mut rec: AuditRecord,
+    verdict: Outcome,
+    status: StatusCode,
+    reason: &str,
+) -> Response<ProxyBody> {
+    rec.verdict = verdict;
     rec.status = status.as_u16();
     let body = format!("sluice: {reason}\n");
     rec.bytes = body.len() as u64;

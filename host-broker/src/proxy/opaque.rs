@@ -25,14 +25,20 @@ pub(super) enum Mode {
     PassThrough,
 }
 
-fn record(vm: &VmState, method: &str, host: &str, verdict: &str, bytes: u64) -> AuditRecord {
+fn record(
+    vm: &VmState,
+    method: &str,
+    host: &str,
+    verdict: audit::Outcome,
+    bytes: u64,
+) -> AuditRecord {
     AuditRecord {
         vm: vm.id.clone(),
         host: host.to_owned(),
         method: method.into(),
         path: String::new(),
         credentials: Vec::new(),
-        verdict: verdict.into(),
+        verdict,
         status: 200,
         bytes,
     }
@@ -70,7 +76,7 @@ pub(super) async fn run<G>(
                 ?peeked,
                 "closing pass-through tunnel: not a TLS hello for the CONNECT host"
             );
-            let mut rec = record(&vm, method, &host, "blocked", 0);
+            let mut rec = record(&vm, method, &host, audit::Outcome::Blocked, 0);
             rec.status = 0;
             return audit::emit(&shared.events, rec);
         }
@@ -80,7 +86,7 @@ pub(super) async fn run<G>(
         Ok(s) => s,
         Err(e) => {
             tracing::info!(error = %e, "opaque tunnel: upstream unreachable");
-            let mut rec = record(&vm, method, &host, "failed", 0);
+            let mut rec = record(&vm, method, &host, audit::Outcome::Failed, 0);
             rec.status = 502;
             return audit::emit(&shared.events, rec);
         }
@@ -91,8 +97,8 @@ pub(super) async fn run<G>(
         }
     }
     let verdict = match mode {
-        Mode::Raw => "relayed",
-        Mode::PassThrough => "passthrough",
+        Mode::Raw => audit::Outcome::Relayed,
+        Mode::PassThrough => audit::Outcome::Passthrough,
     };
     let (to_up, to_guest) = match tokio::io::copy_bidirectional(&mut guest, &mut up).await {
         Ok(x) => x,
@@ -105,7 +111,7 @@ pub(super) async fn run<G>(
     tracing::info!(
         to_upstream = to_up,
         to_guest,
-        verdict,
+        %verdict,
         "opaque tunnel closed"
     );
     audit::emit(

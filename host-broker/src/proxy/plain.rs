@@ -2,22 +2,20 @@
 //! ever substituted over plaintext. A placeholder in such a request is a violation
 //! (`CredentialSet::check_plaintext_headers`): blocked by default, or forwarded unchanged
 //! with `on_violation = "log"`. A Host header naming another host than the URI is refused.
+//! The gates are the TLS path's ([`super::gates`], run with `Transport::Plaintext`).
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::ProxyBody;
-use super::headers::{host_header, host_without_port, strip_hop_by_hop};
-use super::request_body::{self, Inspected};
+use super::gates::{self, Transport};
+use super::headers::{host_header, host_without_port};
 use super::response::respond;
-use super::upstream_conn::UpstreamConn;
 use super::{allowed_target, record, refuse};
-use crate::secrets::{GateContext, Verdict};
 use crate::state::{Shared, VmState};
-use crate::upstream;
+use crate::upstream::{self, conn::UpstreamConn};
 
 pub(super) async fn handle(
     req: Request<Incoming>,
@@ -64,55 +62,13 @@ pub(super) async fn handle(
             return refuse(&shared, rec, StatusCode::FORBIDDEN, &reason);
         }
     }
-    strip_hop_by_hop(&mut parts.headers);
-    let ctx = GateContext {
-        target_host: &host,
-        tls_verified: false,
-        authority_matches: true,
-        dialed_by_name: host.parse::<IpAddr>().is_err(),
-        // Plaintext never carries a value, whatever the binding.
-        request: None,
-    };
     let creds = vm.current_credentials();
-    if !creds.is_empty() {
-        super::decode::limit_accept_encoding(&mut parts.headers);
-    }
-    match creds.check_plaintext_headers(&parts.headers, &ctx) {
-        Verdict::Block { reason, violations } => {
-            rec.credentials = violations.iter().map(|v| v.credential.clone()).collect();
-            return refuse(&shared, rec, StatusCode::FORBIDDEN, &reason);
-        }
-        Verdict::Forward {
-            logged_violations, ..
-        } => {
-            for v in &logged_violations {
-                tracing::warn!(credential = %v.credential, gate = %v.gate, "placeholder sent over plaintext unchanged (on_violation = log)");
-            }
-        }
-    }
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    if let (Verdict::Block { reason, violations }, _) = creds.apply_request_target(&pq, &ctx, true)
-    {
-        rec.credentials = violations.iter().map(|v| v.credential.clone()).collect();
-        let reason = format!("request target: {reason}");
-        return refuse(&shared, rec, StatusCode::FORBIDDEN, &reason);
-    }
-    let cap = vm.policy.body_limit();
-    let body = match request_body::inspect(body, &creds, &ctx, true, cap, &vm.body_budget).await {
-        Inspected::Refuse {
-            status,
-            reason,
-            credentials,
-        } => {
-            rec.credentials = credentials;
-            return refuse(&shared, rec, status, &reason);
-        }
-        Inspected::Forward { body, .. } => body,
-    };
+    let (parts, body) =
+        match gates::run(parts, body, &host, Transport::Plaintext, &vm, &creds).await {
+            // Nothing is substituted over plaintext: the record names no credential.
+            Ok(g) => (g.parts, g.body),
+            Err(refusal) => return refusal.answer(&shared, rec),
+        };
     let tcp = match upstream::dial(addr).await {
         Ok(t) => t,
         Err(e) => return refuse(&shared, rec, StatusCode::BAD_GATEWAY, &e.to_string()),
@@ -129,6 +85,7 @@ pub(super) async fn handle(
     match conn.send(req, "http", authority.as_str()).await {
         Ok(resp) => {
             let resp = respond(resp, rec, &creds, &shared);
+            let cap = vm.policy.body_limit();
             super::http10::frame_for(resp, version, cap).await
         }
         Err(e) => {

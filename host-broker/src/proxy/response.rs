@@ -12,7 +12,7 @@ use super::body::{self, ProxyBody, Scrubbing};
 use super::decode::{Decoder, Reencoder};
 use super::headers::strip_hop_by_hop;
 use super::refuse;
-use crate::audit::{AuditRecord, PendingAudit};
+use crate::audit::{AuditRecord, Outcome, PendingAudit};
 use crate::secrets::CredentialSet;
 use crate::state::Shared;
 
@@ -96,7 +96,7 @@ pub(super) fn respond(
             reencoder,
         })
     };
-    rec.verdict = "forwarded".into();
+    rec.verdict = Outcome::Forwarded;
     rec.status = parts.status.as_u16();
     let pending = PendingAudit::new(rec, shared.events.clone());
     Response::from_parts(parts, body::counted(body, pending, scrubbing))

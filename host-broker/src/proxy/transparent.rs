@@ -28,7 +28,7 @@ use tracing::Instrument;
 use super::opaque::{self, Mode};
 use super::prefixed::Prefixed;
 use super::{StreamSlot, HEADER_READ_TIMEOUT};
-use crate::audit::{self, AuditRecord};
+use crate::audit::{self, AuditRecord, Outcome};
 use crate::policy::{resolve_target, InterceptMode};
 use crate::state::{Shared, VmState};
 use crate::tls::client_hello::{read_client_hello, Peeked};
@@ -36,14 +36,14 @@ use crate::tls::client_hello::{read_client_hello, Peeked};
 /// Audit method of captured connections (CONNECTs say `CONNECT`).
 const METHOD: &str = "TCP";
 
-fn record(vm: &VmState, host: &str, verdict: &str, status: u16) -> AuditRecord {
+fn record(vm: &VmState, host: &str, verdict: Outcome, status: u16) -> AuditRecord {
     AuditRecord {
         vm: vm.id.clone(),
         host: host.to_owned(),
         method: METHOD.into(),
         path: String::new(),
         credentials: Vec::new(),
-        verdict: verdict.into(),
+        verdict,
         status,
         bytes: 0,
     }
@@ -69,7 +69,13 @@ where
     let limit = vm.policy.connection_limit();
     let Some(slot) = StreamSlot::acquire(&vm.open_streams, limit) else {
         let reason = format!("per-VM connection limit ({limit}) reached");
-        return refuse(&mut io, &shared, record(&vm, &host, "error", 503), reason).await;
+        return refuse(
+            &mut io,
+            &shared,
+            record(&vm, &host, Outcome::Error, 503),
+            reason,
+        )
+        .await;
     };
     let addr = match resolve_target(&vm.policy, &host, port).await {
         Ok(a) => a,
@@ -128,7 +134,7 @@ async fn handle<G>(
                 "port {port} is not in raw_tcp_ports and the connection is neither TLS nor HTTP"
             );
             tracing::warn!(%reason, "closing captured connection");
-            audit::emit(&shared.events, record(&vm, &host, "blocked", 0));
+            audit::emit(&shared.events, record(&vm, &host, Outcome::Blocked, 0));
         }
     }
 }
@@ -147,24 +153,34 @@ async fn tls<G>(
     if vm.policy.intercept == InterceptMode::Auto
         && !vm.current_credentials().applies_to_host(&host)
     {
-        audit::emit(&shared.events, record(&vm, &host, "tunnel", 200));
+        audit::emit(&shared.events, record(&vm, &host, Outcome::Tunnel, 200));
         return opaque::run(guest, Mode::PassThrough, METHOD, host, addr, vm, shared).await;
     }
-    match super::pool::ensure_verified(&vm.upstream_pool, &shared, &host, addr).await {
+    match crate::upstream::pool::ensure_verified(
+        &vm.upstream_pool,
+        &shared.upstream_tls,
+        &host,
+        addr,
+    )
+    .await
+    {
         Ok(()) => {}
         Err(e) => {
             tracing::info!(error = %e, "captured TLS: upstream failed");
-            return audit::emit(&shared.events, record(&vm, &host, "failed", 502));
+            return audit::emit(&shared.events, record(&vm, &host, Outcome::Failed, 502));
         }
     };
     let leaf = match vm.leaves.get(&host).await {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "captured TLS: no leaf");
-            return audit::emit(&shared.events, record(&vm, &host, "error", 502));
+            return audit::emit(&shared.events, record(&vm, &host, Outcome::Error, 502));
         }
     };
-    audit::emit(&shared.events, record(&vm, &host, "intercepted", 200));
+    audit::emit(
+        &shared.events,
+        record(&vm, &host, Outcome::Intercepted, 200),
+    );
     let t = super::tunnel::Tunnel {
         host,
         port,

@@ -1,5 +1,6 @@
 //! One intercepted CONNECT tunnel: the guest's TLS (leaf for the CONNECT host, SNI checked),
-//! HTTP/1.1 or HTTP/2 by the guest's ALPN, and every request on it gated on its own.
+//! HTTP/1.1 or HTTP/2 by the guest's ALPN, and every request on it gated on its own (the
+//! authority here, then [`super::gates`] with `Transport::Tls`).
 //!
 //! Authority rule: a request whose authority (HTTP/1.1 `Host`, HTTP/2 `:authority`, port
 //! stripped) is not the CONNECT host never goes upstream. HTTP/1.1 gets `403`; HTTP/2 gets
@@ -10,7 +11,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use http::header::{CONTENT_LENGTH, TE};
+use http::header::TE;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -18,17 +19,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::body::ProxyBody;
-use super::decode::limit_accept_encoding;
-use super::headers::{host_header, host_without_port, strip_hop_by_hop};
-use super::pool;
-use super::request_body::{self, Inspected};
+use super::gates::{self, Transport};
+use super::headers::{host_header, host_without_port};
 use super::response::respond;
 use super::websocket;
-use super::{record, refuse, HEADER_READ_TIMEOUT};
+use super::{record, refuse, refuse_as, HEADER_READ_TIMEOUT};
 use crate::audit;
-use crate::policy::RequestScope;
-use crate::secrets::{GateContext, Verdict};
 use crate::state::{Shared, VmState};
+use crate::upstream::pool;
 
 /// Concurrent streams a guest may open on one HTTP/2 connection.
 const H2_MAX_STREAMS: u32 = 100;
@@ -75,7 +73,7 @@ impl Tunnel {
                 method: "CONNECT".into(),
                 path: String::new(),
                 credentials: Vec::new(),
-                verdict: "blocked".into(),
+                verdict: audit::Outcome::Blocked,
                 status: 0,
                 bytes: 0,
             };
@@ -157,137 +155,32 @@ impl Tunnel {
                 } else {
                     StatusCode::FORBIDDEN
                 };
-                rec.verdict = "blocked".into();
-                return refuse(&self.shared, rec, status, &reason);
+                return refuse_as(&self.shared, rec, audit::Outcome::Blocked, status, &reason);
             }
         };
         let h2_upgrade = websocket::extended_connect(&req);
         let upgrade = websocket::requested(&req)
             .or(h2_upgrade.clone())
             .map(|p| (p, hyper::upgrade::on(&mut req)));
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let te_trailers = parts
             .headers
             .get(TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-        strip_hop_by_hop(&mut parts.headers);
-        let (method, path) = (parts.method.to_string(), parts.uri.path().to_owned());
-        let ctx = GateContext {
-            target_host: host,
-            tls_verified: true,
-            authority_matches: true,
-            dialed_by_name: host.parse::<IpAddr>().is_err(),
-            request: Some(RequestScope {
-                port: self.port,
-                method: &method,
-                path: &path,
-            }),
-        };
         // One credential snapshot per request (rotations reach open connections).
         let creds = self.vm.current_credentials();
-        if !creds.is_empty() {
-            limit_accept_encoding(&mut parts.headers);
-        }
-        let mut substituted = match creds.apply_request_headers(&mut parts.headers, &ctx) {
-            Verdict::Block { reason, violations } => {
-                rec.credentials = violations.iter().map(|v| v.credential.clone()).collect();
-                return refuse(&self.shared, rec, StatusCode::FORBIDDEN, &reason);
-            }
-            Verdict::Forward {
-                substituted,
-                logged_violations,
-            } => {
-                for v in &logged_violations {
-                    tracing::warn!(credential = %v.credential, gate = %v.gate, "placeholder forwarded unchanged (on_violation = log)");
-                }
-                substituted
-            }
+        let transport = Transport::Tls {
+            port: self.port,
+            authority: &authority,
+            upgrade: upgrade.is_some(),
         };
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".into());
-        match creds.apply_request_target(&pq, &ctx, false) {
-            (Verdict::Block { reason, violations }, _) => {
-                rec.credentials = violations.iter().map(|v| v.credential.clone()).collect();
-                let reason = format!("request target: {reason}");
-                return refuse(&self.shared, rec, StatusCode::FORBIDDEN, &reason);
+        let (parts, body) = match gates::run(parts, body, host, transport, &self.vm, &creds).await {
+            Ok(g) => {
+                rec.credentials = g.substituted;
+                (g.parts, g.body)
             }
-            (Verdict::Forward { substituted: s, .. }, new) => {
-                substituted.extend(s);
-                if let Some(new) = new {
-                    match new.parse() {
-                        Ok(u) => parts.uri = u,
-                        Err(_) => {
-                            return refuse(
-                                &self.shared,
-                                rec,
-                                StatusCode::BAD_REQUEST,
-                                "request target invalid after substitution",
-                            )
-                        }
-                    }
-                }
-            }
-        }
-        let cap = self.vm.policy.body_limit();
-        let inspected = if upgrade.is_some() {
-            // An upgrade's "body" is the upgraded stream itself (HTTP/2 extended CONNECT):
-            // never buffer it; the handshake goes out without one.
-            drop(body);
-            Inspected::Forward {
-                body: super::body::full(""),
-                len: None,
-                substituted: Vec::new(),
-                sha256: None,
-            }
-        } else {
-            request_body::inspect(body, &creds, &ctx, false, cap, &self.vm.body_budget).await
+            Err(refusal) => return refusal.answer(&self.shared, rec),
         };
-        let body = match inspected {
-            Inspected::Refuse {
-                status,
-                reason,
-                credentials,
-            } => {
-                rec.credentials = credentials;
-                return refuse(&self.shared, rec, status, &reason);
-            }
-            Inspected::Forward {
-                body,
-                len,
-                substituted: s,
-                sha256,
-            } => {
-                substituted.extend(s);
-                if let Some(len) = len {
-                    parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
-                }
-                if creds.signs_aws() {
-                    // AWS SigV4: verify the guest's placeholder signature, re-sign for real.
-                    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-                    let pq = pq.to_owned();
-                    match creds.apply_sigv4(
-                        &mut parts.headers,
-                        &method,
-                        &pq,
-                        &authority,
-                        sha256.as_deref(),
-                        &ctx,
-                    ) {
-                        Ok(s) => substituted.extend(s),
-                        Err(reason) => {
-                            return refuse(&self.shared, rec, StatusCode::FORBIDDEN, &reason)
-                        }
-                    }
-                }
-                body
-            }
-        };
-        substituted.sort();
-        substituted.dedup();
-        rec.credentials = substituted;
         if let Some((protocol, guest)) = upgrade {
             let up = websocket::UpgradeRequest {
                 host,
@@ -308,6 +201,7 @@ impl Tunnel {
         match result {
             Ok(resp) => {
                 let resp = respond(resp, rec, &creds, &self.shared);
+                let cap = self.vm.policy.body_limit();
                 super::http10::frame_for(resp, version, cap).await
             }
             Err(reason) => refuse(&self.shared, rec, StatusCode::BAD_GATEWAY, &reason),
@@ -329,7 +223,7 @@ impl Tunnel {
         let pool = &self.vm.upstream_pool;
         let mut c = match pool.checkout(host, addr) {
             Some(c) => c,
-            None => pool::dial(&self.shared, host, addr).await?,
+            None => pool::dial(&self.shared.upstream_tls, host, addr).await?,
         };
         if c.is_h2() && te_trailers {
             req.headers_mut()

@@ -239,7 +239,7 @@ pub(super) async fn forward(
         }
     }
     let mut rec = rec;
-    rec.verdict = "forwarded".into();
+    rec.verdict = audit::Outcome::Forwarded;
     rec.status = head.status.as_u16();
     audit::emit(&shared.events, rec);
     let relay = super::ws_relay::Relay {

@@ -18,7 +18,9 @@ mod refresh;
 mod scrub;
 mod set;
 pub mod sigv4;
-mod value;
+// The value type belongs to the policy layer (a policy may hold a literal value); the
+// `value` name keeps `super::value::SecretValue` valid inside this module.
+use crate::policy::secret_value as value;
 
 pub use command::CommandFailure;
 pub use env::{EnvSource, MapEnv, ProcessEnv};

@@ -18,8 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::policy::Policy;
 
-/// The `placeholder` value asking for a random one.
-pub const RANDOM_PLACEHOLDER: &str = "random";
+pub use crate::policy::RANDOM_PLACEHOLDER;
 
 /// File under the VM's state dir holding its random placeholders (name -> placeholder).
 pub const PLACEHOLDERS_FILE: &str = "placeholders.json";

@@ -12,10 +12,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
-use super::body::ProxyBody;
+/// The request body type: the same type as `proxy::ProxyBody` (spelt out here because the
+/// proxy layer sits above this one).
+type ProxyBody =
+    http_body_util::combinators::BoxBody<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// A ready-to-use sender to one upstream connection.
-pub(super) enum UpstreamConn {
+pub(crate) enum UpstreamConn {
     H1(http1::SendRequest<ProxyBody>),
     H2(http2::SendRequest<ProxyBody>),
 }

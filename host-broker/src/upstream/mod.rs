@@ -5,6 +5,9 @@
 //! approved and verify the certificate for the CONNECT host *name*: a failed verification
 //! fails the handshake, before any request byte is written.
 
+pub(crate) mod conn;
+pub(crate) mod pool;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

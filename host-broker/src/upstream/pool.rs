@@ -17,9 +17,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::upstream_conn::UpstreamConn;
-use crate::state::Shared;
-use crate::upstream;
+use rustls::ClientConfig;
+
+use super::conn::UpstreamConn;
 
 /// Connections kept per key; more than this many concurrent requests dial extra ones that
 /// close after their response.
@@ -76,7 +76,7 @@ impl UpstreamPool {
 
     /// A connection that can take a request now: a handle to the HTTP/2 connection, or an
     /// idle HTTP/1.1 one (removed until [`Self::checkin`]).
-    pub(super) fn checkout(&self, host: &str, addr: SocketAddr) -> Option<UpstreamConn> {
+    pub(crate) fn checkout(&self, host: &str, addr: SocketAddr) -> Option<UpstreamConn> {
         self.with(host, addr, |list| {
             if let Some(h2) = list.iter().find_map(|e| e.conn.shared()) {
                 return Some(h2);
@@ -88,7 +88,7 @@ impl UpstreamPool {
 
     /// Returns a connection after its request was sent (it may still be streaming the
     /// response body: then it is not ready and later checkouts pass it by).
-    pub(super) fn checkin(self: &Arc<Self>, host: &str, addr: SocketAddr, conn: UpstreamConn) {
+    pub(crate) fn checkin(self: &Arc<Self>, host: &str, addr: SocketAddr, conn: UpstreamConn) {
         if conn.is_closed() {
             return;
         }
@@ -127,19 +127,19 @@ impl UpstreamPool {
     }
 
     /// Whether a live connection for the key is pooled (ready or busy).
-    pub(super) fn has_live(&self, host: &str, addr: SocketAddr) -> bool {
+    pub(crate) fn has_live(&self, host: &str, addr: SocketAddr) -> bool {
         self.with(host, addr, |list| !list.is_empty())
     }
 }
 
 /// A new verified connection to `host` at `addr` (HTTP/2 or HTTP/1.1 as the upstream
 /// chooses), ready for a request. Err = the reason for a 502.
-pub(super) async fn dial(
-    shared: &Shared,
+pub(crate) async fn dial(
+    tls: &Arc<ClientConfig>,
     host: &str,
     addr: SocketAddr,
 ) -> Result<UpstreamConn, String> {
-    let up = upstream::dial_tls(&shared.upstream_tls, host, addr)
+    let up = super::dial_tls(tls, host, addr)
         .await
         .map_err(|e| e.to_string())?;
     let h2 = up.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -155,16 +155,16 @@ pub(super) async fn dial(
 /// Before a tunnel is answered: makes sure a verified upstream connection for the key
 /// exists (a pooled one, or one dialled and verified now and pooled), so a certificate
 /// failure is still a `502` to the `CONNECT` and never a tunnel. Err = the reason.
-pub(super) async fn ensure_verified(
+pub(crate) async fn ensure_verified(
     pool: &Arc<UpstreamPool>,
-    shared: &Shared,
+    tls: &Arc<ClientConfig>,
     host: &str,
     addr: SocketAddr,
 ) -> Result<(), String> {
     if pool.has_live(host, addr) {
         return Ok(());
     }
-    let conn = dial(shared, host, addr).await?;
+    let conn = dial(tls, host, addr).await?;
     pool.checkin(host, addr, conn);
     Ok(())
 }

@@ -1,4 +1,8 @@
 //! A secret value that never prints and is zeroized on drop.
+//!
+//! It lives in the policy layer because a policy may carry a literal value
+//! (`{"value": "..."}`); the secrets layer above re-exports it as `secrets::SecretValue`
+//! (docs/architecture.md, "Layers": secrets -> policy, never back).
 
 use std::fmt;
 
