@@ -24,7 +24,8 @@
 //!
 //! vm2 measures sequential GETs on one intercepted keep-alive connection, alone and under
 //! each flood. Figures depend on the machine (the CI box has 2 shared cores). `cargo bench
-//! --bench flood -- busy` skips the resource flood (and its 45 s wait).
+//! --bench flood -- busy` skips the resource flood (and its 45 s wait); `FLOOD_REPS` (3) sets
+//! how many off/on pairs the split topology runs.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -209,10 +210,11 @@ struct Topology {
     probe_ca: String,
 }
 
-/// One row per fairness setting: vm2 alone, vm2 under vm1's busy flood, vm1's rate.
-async fn busy_rows(broker: &host_broker::Broker, t: &Topology) {
+/// One row per fairness setting (off, on; `reps` times, alternating): vm2 alone, vm2 under
+/// vm1's busy flood, vm1's rate.
+async fn busy_rows(broker: &host_broker::Broker, t: &Topology, reps: usize) {
     println!("  [{}]", t.name);
-    for on in [false, true] {
+    for on in (0..reps).flat_map(|_| [false, true]) {
         broker.set_fair_scheduling(on);
         let base = measure_on(&t.probe_rt, t.probe_proxy, &t.probe_ca).await;
         let stop = Arc::new(AtomicBool::new(false));
@@ -258,6 +260,11 @@ fn side_runtime(workers: usize) -> tokio::runtime::Runtime {
 
 fn main() {
     let busy_only = std::env::args().any(|a| a == "busy");
+    // Off/on pairs in the split topology (the figures are noisy on a shared machine).
+    let reps: usize = std::env::var("FLOOD_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -333,6 +340,7 @@ fn main() {
                 probe_proxy: proxies[2].0,
                 probe_ca: proxies[2].1.clone(),
             },
+            reps,
         )
         .await;
         busy_rows(
@@ -346,6 +354,7 @@ fn main() {
                 probe_proxy: proxy2,
                 probe_ca: ca2.clone(),
             },
+            1,
         )
         .await;
         if busy_only {
