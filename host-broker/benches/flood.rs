@@ -8,11 +8,24 @@
 //!   at once), 16 tasks reopening a control stream that sends nothing and 16 that start a
 //!   1 MiB control frame and stall (per-VM control cap 8, the rest refused);
 //! - **busy flood** (plain CPU competition): 16 intercepted keep-alive connections sending
-//!   GETs back to back. No budget changes this: the broker serves vm2's one connection as
-//!   one of 17, so with 2 cores its latency grows with vm1's concurrency.
+//!   GETs back to back. No budget changes this; per-VM CPU fairness (`src/fair.rs`) does:
+//!   without it the broker serves vm2's one connection as one of 17 runnable tasks in
+//!   tokio's FIFO order, so with 2 cores its latency grows with vm1's concurrency.
+//!
+//! The busy flood runs with fairness off (`Broker::set_fair_scheduling(false)`, the old
+//! behaviour) and on, in the same run, in two topologies:
+//! - **split**: each VM's guest side (clients, the bridge standing in for the agent) and its
+//!   upstream run on runtimes of their own (vm1: 2 workers, vm2: 1), so that the broker's
+//!   runtime holds only the broker's tasks, as in production (guests are other processes,
+//!   upstreams other hosts); the OS shares the cores between the threads;
+//! - **shared**: everything on the broker's runtime (the bench's first topology): vm2's
+//!   client and upstream tasks also queue behind vm1's client and upstream tasks, which no
+//!   broker-side scheduling can reorder.
 //!
 //! vm2 measures sequential GETs on one intercepted keep-alive connection, alone and under
-//! each flood. Figures depend on the machine (the CI box has 2 shared cores).
+//! each flood. Figures depend on the machine (the CI box has 2 shared cores). `cargo bench
+//! --bench flood -- busy` skips the resource flood (and its 45 s wait); `FLOOD_REPS` (3) sets
+//! how many off/on pairs the split topology runs.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -76,30 +89,30 @@ fn policy(up: std::net::SocketAddr, limit: usize) -> String {
     )
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Flood {
-    Resource,
-    Busy,
+/// vm1's busy flood: `BUSY_CONNS` clients on `rt`, counting requests in `counts[0]`.
+fn busy_on(
+    rt: &tokio::runtime::Handle,
+    proxy: std::net::SocketAddr,
+    ca: &str,
+    stop: Arc<AtomicBool>,
+    counts: Arc<[AtomicU64; 3]>,
+) {
+    for _ in 0..BUSY_CONNS {
+        let (ca, stop, counts) = (ca.to_owned(), stop.clone(), counts.clone());
+        rt.spawn(async move {
+            let mut c = client(proxy, &ca).await;
+            while !stop.load(Ordering::Relaxed) {
+                get(&mut c, "/small", HEADERS).await;
+                counts[0].fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
 }
 
 /// Starts vm1's flood; returns the counters (requests, idle proxy reopenings, control
 /// reopenings). Tasks end when `stop` is set.
-fn flood(h: &Harness, kind: Flood, stop: Arc<AtomicBool>) -> Arc<[AtomicU64; 3]> {
+fn flood(h: &Harness, stop: Arc<AtomicBool>) -> Arc<[AtomicU64; 3]> {
     let counts: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
-    if kind == Flood::Busy {
-        for _ in 0..BUSY_CONNS {
-            let (proxy, ca, stop, counts) =
-                (h.proxy, h.vm_ca_pem.clone(), stop.clone(), counts.clone());
-            tokio::spawn(async move {
-                let mut c = client(proxy, &ca).await;
-                while !stop.load(Ordering::Relaxed) {
-                    get(&mut c, "/small", HEADERS).await;
-                    counts[0].fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        }
-        return counts;
-    }
     for _ in 0..IDLE_TASKS {
         let (proxy, stop, counts) = (h.proxy, stop.clone(), counts.clone());
         tokio::spawn(async move {
@@ -136,17 +149,27 @@ fn flood(h: &Harness, kind: Flood, stop: Arc<AtomicBool>) -> Arc<[AtomicU64; 3]>
     counts
 }
 
-/// vm2's figures under `kind`, printed with the ratio to `base`.
-async fn under(
-    vm1: &Harness,
-    kind: Flood,
-    name: &str,
-    proxy2: std::net::SocketAddr,
-    ca2: &str,
-    base: (Duration, Duration, Duration),
-) {
+type Figures = (Duration, Duration, Duration);
+
+/// vm2's figures measured on `rt` (a fresh connection through `proxy`).
+async fn measure_on(rt: &tokio::runtime::Handle, proxy: std::net::SocketAddr, ca: &str) -> Figures {
+    let ca = ca.to_owned();
+    rt.spawn(async move {
+        let mut c = client(proxy, &ca).await;
+        measure(&mut c).await
+    })
+    .await
+    .unwrap()
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+/// vm2's figures under vm1's resource flood, printed with the ratio to `base`.
+async fn under(vm1: &Harness, name: &str, proxy2: std::net::SocketAddr, ca2: &str, base: Figures) {
     let stop = Arc::new(AtomicBool::new(false));
-    let counts = flood(vm1, kind, stop.clone());
+    let counts = flood(vm1, stop.clone());
     // Let the flood ramp up (slots filled, budgets reached).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let fds = std::fs::read_dir("/proc/self/fd")
@@ -159,14 +182,13 @@ async fn under(
     let secs = start.elapsed().as_secs_f64();
     let rates = [0, 1, 2].map(|i| (counts[i].load(Ordering::Relaxed) - before[i]) as f64 / secs);
     stop.store(true, Ordering::Relaxed);
-    let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     println!("  {name:<32} {f50:>12?} {f99:>12?} {fmean:>12?}");
     println!(
         "  {:<32} {:>12.2} {:>12.2} {:>12.2}",
         "  ratio to alone",
-        r(f50, base.0),
-        r(f99, base.1),
-        r(fmean, base.2)
+        ratio(f50, base.0),
+        ratio(f99, base.1),
+        ratio(fmean, base.2)
     );
     println!(
         "  {:<32} {:.0} req/s, {:.0} idle proxy / {:.0} control streams closed per s; \
@@ -175,15 +197,93 @@ async fn under(
     );
 }
 
+/// Where each side of a busy-flood measurement runs.
+struct Topology {
+    name: &'static str,
+    /// vm1's guest side and the proxy address its clients use.
+    flood_rt: tokio::runtime::Handle,
+    flood_proxy: std::net::SocketAddr,
+    flood_ca: String,
+    /// vm2's.
+    probe_rt: tokio::runtime::Handle,
+    probe_proxy: std::net::SocketAddr,
+    probe_ca: String,
+}
+
+/// One row per fairness setting (off, on; `reps` times, alternating): vm2 alone, vm2 under
+/// vm1's busy flood, vm1's rate.
+async fn busy_rows(broker: &host_broker::Broker, t: &Topology, reps: usize) {
+    println!("  [{}]", t.name);
+    for on in (0..reps).flat_map(|_| [false, true]) {
+        broker.set_fair_scheduling(on);
+        let base = measure_on(&t.probe_rt, t.probe_proxy, &t.probe_ca).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+        busy_on(
+            &t.flood_rt,
+            t.flood_proxy,
+            &t.flood_ca,
+            stop.clone(),
+            counts.clone(),
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let start = Instant::now();
+        let before = counts[0].load(Ordering::Relaxed);
+        let f = measure_on(&t.probe_rt, t.probe_proxy, &t.probe_ca).await;
+        let rate =
+            (counts[0].load(Ordering::Relaxed) - before) as f64 / start.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        let fair = if on { "fair on " } else { "fair off" };
+        println!(
+            "  {fair} vm2 alone        p50 {:>10?} p99 {:>10?} | busy flood p50 {:>10?} ({:>5.2}x) \
+             p99 {:>10?} ({:>5.2}x) | vm1 {rate:>6.0} req/s",
+            base.0,
+            base.1,
+            f.0,
+            ratio(f.0, base.0),
+            f.1,
+            ratio(f.1, base.1),
+        );
+        // The flood's connections close; let them go before the next row.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A runtime with `workers` threads for one side of the bench (kept alive by the caller).
+fn side_runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn main() {
+    let busy_only = std::env::args().any(|a| a == "busy");
+    // Off/on pairs in the split topology (the figures are noisy on a shared machine).
+    let reps: usize = std::env::var("FLOOD_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
+    let (flood_side, probe_side) = (side_runtime(2), side_runtime(1));
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let pki = make_pki(dir.path(), "flood", &["api.test"]);
         let up = spawn_upstream(Some(pki.server.clone())).await;
+        let server = pki.server.clone();
+        let up_flood = flood_side
+            .spawn(async move { spawn_upstream(Some(server)).await.addr })
+            .await
+            .unwrap();
+        let server = pki.server.clone();
+        let up_probe = probe_side
+            .spawn(async move { spawn_upstream(Some(server)).await.addr })
+            .await
+            .unwrap();
         let env = [("API_KEY", "flood-secret-value-0123456789")];
         let vm1 = harness_in(
             tempfile::tempdir().unwrap(),
@@ -192,21 +292,34 @@ fn main() {
             vec![pki.ca_path.clone()],
         )
         .await;
-        // vm2 on the same broker.
-        let sock = vm1.dir.path().join("vm2.vsock");
-        vm1.broker
-            .register_vm_with_env(
-                VmSpec {
-                    id: "vm2".into(),
-                    transport: VmTransport::HybridSocket(sock),
-                    policy: Policy::from_json_str(&policy(up.addr, 256)).unwrap(),
-                },
-                &MapEnv::from_pairs(env),
-            )
-            .await
-            .unwrap();
-        let proxy2 = spawn_bridge(vm1.dir.path().join("vm2.vsock_7070")).await;
-        let ca2 = vm1.broker.ca_pem("vm2").unwrap();
+        // vm2 on the same broker; vm3 and vm4 are vm1 and vm2 of the split topology.
+        let mut proxies = Vec::new();
+        for (id, addr, limit) in [
+            ("vm2", up.addr, 256),
+            ("vm3", up_flood, 32),
+            ("vm4", up_probe, 256),
+        ] {
+            let sock = vm1.dir.path().join(format!("{id}.vsock"));
+            vm1.broker
+                .register_vm_with_env(
+                    VmSpec {
+                        id: id.into(),
+                        transport: VmTransport::HybridSocket(sock),
+                        policy: Policy::from_json_str(&policy(addr, limit)).unwrap(),
+                    },
+                    &MapEnv::from_pairs(env),
+                )
+                .await
+                .unwrap();
+            let listen = vm1.dir.path().join(format!("{id}.vsock_7070"));
+            let proxy = match id {
+                "vm2" => spawn_bridge(listen).await,
+                "vm3" => flood_side.spawn(spawn_bridge(listen)).await.unwrap(),
+                _ => probe_side.spawn(spawn_bridge(listen)).await.unwrap(),
+            };
+            proxies.push((proxy, vm1.broker.ca_pem(id).unwrap()));
+        }
+        let (proxy2, ca2) = proxies[0].clone();
 
         println!(
             "host-broker flood bench (loopback, {} cores): vm2 latency, {REQUESTS} sequential \
@@ -215,6 +328,39 @@ fn main() {
                 .map(|n| n.get())
                 .unwrap_or(0)
         );
+        let here = tokio::runtime::Handle::current();
+        busy_rows(
+            &vm1.broker,
+            &Topology {
+                name: "split: each VM's guest side and upstream on runtimes of their own",
+                flood_rt: flood_side.handle().clone(),
+                flood_proxy: proxies[1].0,
+                flood_ca: proxies[1].1.clone(),
+                probe_rt: probe_side.handle().clone(),
+                probe_proxy: proxies[2].0,
+                probe_ca: proxies[2].1.clone(),
+            },
+            reps,
+        )
+        .await;
+        busy_rows(
+            &vm1.broker,
+            &Topology {
+                name: "shared: guests, upstream and broker on one runtime",
+                flood_rt: here.clone(),
+                flood_proxy: vm1.proxy,
+                flood_ca: vm1.vm_ca_pem.clone(),
+                probe_rt: here.clone(),
+                probe_proxy: proxy2,
+                probe_ca: ca2.clone(),
+            },
+            1,
+        )
+        .await;
+        if busy_only {
+            return;
+        }
+        println!("  resource flood (fair on):");
         let fds = std::fs::read_dir("/proc/self/fd")
             .map(|d| d.count())
             .unwrap_or(0);
@@ -226,17 +372,6 @@ fn main() {
             "  {:<32} {:>12?} {:>12?} {:>12?}   (process fds {fds})",
             "vm2 alone", base.0, base.1, base.2
         );
-        under(
-            &vm1,
-            Flood::Resource,
-            "vm2, vm1 resource flood",
-            proxy2,
-            &ca2,
-            base,
-        )
-        .await;
-        // The resource flood's streams close by their own timeouts; give them time.
-        tokio::time::sleep(Duration::from_secs(45)).await;
-        under(&vm1, Flood::Busy, "vm2, vm1 busy flood", proxy2, &ca2, base).await;
+        under(&vm1, "vm2, vm1 resource flood", proxy2, &ca2, base).await;
     });
 }

@@ -11,6 +11,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
 
 use crate::audit::EventSink;
+use crate::inbox::Inbox;
 use crate::metrics::{Metrics, VmStats};
 use crate::policy::{CredentialSpec, Policy};
 use crate::secrets::{CredentialError, CredentialSet, EnvSource, ProcessEnv};
@@ -126,9 +127,17 @@ pub enum BrokerError {
     },
 }
 
+/// A VM served over kernel AF_VSOCK: where the shared accept loop routes its streams.
+#[derive(Debug)]
+struct CidVm {
+    id: String,
+    inbox: Inbox<crate::transport::Accepted>,
+}
+
 struct Registered {
     entry: Arc<VmEntry>,
-    /// Hybrid transport: the accept loop (owns the listener and the VM's connections).
+    /// The VM's accept loop (hybrid transport: owns the listener) or stream queue (AF_VSOCK:
+    /// see `inbox`); it owns the VM's connections.
     task: Option<JoinHandle<()>>,
     socket: Option<PathBuf>,
     cid: Option<u32>,
@@ -154,7 +163,7 @@ struct Inner {
     update_lock: tokio::sync::Mutex<()>,
     shared: Arc<Shared>,
     vms: RwLock<HashMap<String, Registered>>,
-    cids: Arc<RwLock<HashMap<u32, Arc<VmEntry>>>>,
+    cids: Arc<RwLock<HashMap<u32, CidVm>>>,
     vsock_task: Mutex<Option<JoinHandle<()>>>,
     /// Exclusive lock on `<state_dir>/broker.lock`, held until [`Broker::shutdown`] (or the
     /// process ends): a second broker on the same state dir is refused before it touches any
@@ -223,6 +232,7 @@ impl Broker {
                 shared: Arc::new(Shared {
                     events,
                     upstream_tls,
+                    fair: crate::fair::Scheduler::for_host(),
                 }),
                 vms: RwLock::default(),
                 cids: Arc::default(),
@@ -351,6 +361,7 @@ impl Broker {
         let entry = Arc::new(VmEntry::new(
             VmState::new(id.clone(), spec.policy, creds, ca, leaves, closed_rx),
             closed_tx,
+            self.inner.shared.fair.account(),
         ));
         let mut reg = Registered {
             entry: entry.clone(),
@@ -373,7 +384,15 @@ impl Broker {
                         vm: other.id.clone(),
                     });
                 }
-                cids.insert(*cid, entry);
+                let (inbox, task) = cid_inbox(*cid, entry, self.inner.shared.clone());
+                cids.insert(
+                    *cid,
+                    CidVm {
+                        id: id.clone(),
+                        inbox,
+                    },
+                );
+                reg.task = Some(task);
                 reg.cid = Some(*cid);
             }
             (VmTransport::HybridSocket(_), None) => unreachable!("bound above"),
@@ -616,11 +635,7 @@ impl Broker {
             .unwrap_or_else(|e| e.into_inner());
         if task.is_none() {
             let listener = CidListener::bind(self.inner.config.vsock_port)?;
-            *task = Some(spawn_cid_loop(
-                listener,
-                self.inner.cids.clone(),
-                self.inner.shared.clone(),
-            ));
+            *task = Some(spawn_cid_loop(listener, self.inner.cids.clone()));
         }
         Ok(())
     }
@@ -628,6 +643,15 @@ impl Broker {
     /// The `<socket>_<port>` path the broker listens on for a hybrid-socket VM.
     pub fn listen_path(&self, id: &str) -> Option<PathBuf> {
         self.read_vms().get(id).and_then(|r| r.socket.clone())
+    }
+
+    /// Turns per-VM CPU fairness on (the default) or off, for streams accepted from now on.
+    /// On, a VM using more than its share of the broker's CPU has its work deferred while
+    /// another VM has work to run (docs/architecture.md, "CPU fairness"); off, tasks run in
+    /// tokio's first-in, first-out order whatever VM they serve. Off is for measuring
+    /// (benches/flood.rs) and as an escape hatch.
+    pub fn set_fair_scheduling(&self, on: bool) {
+        self.inner.shared.fair.set_enabled(on);
     }
 
     /// The configured state directory.
@@ -641,7 +665,7 @@ impl Broker {
     }
 }
 
-async fn stop(reg: Registered, cids: &RwLock<HashMap<u32, Arc<VmEntry>>>) {
+async fn stop(reg: Registered, cids: &RwLock<HashMap<u32, CidVm>>) {
     reg.entry.close();
     if let Some(cid) = reg.cid {
         cids.write().unwrap_or_else(|e| e.into_inner()).remove(&cid);
@@ -682,10 +706,11 @@ fn spawn_vm_loop(
                 tokio::select! {
                     acc = listener.accept() => match acc {
                         Ok(acc) => {
-                            conns.spawn(
+                            conns.spawn(crate::fair::bind(
+                                Some(vm.fair.clone()),
                                 crate::dispatch::serve_stream(acc, vm.clone(), shared.clone())
                                     .in_current_span(),
-                            );
+                            ));
                             // A VM with no room left is accepted from at a bounded rate.
                             if crate::proxy::saturated(&vm.current()) {
                                 tokio::time::sleep(SATURATED_ACCEPT_PAUSE).await;
@@ -722,44 +747,59 @@ fn spawn_vm_loop(
     )
 }
 
-/// The broker-wide AF_VSOCK accept loop: routes each stream to the VM of its peer CID.
-fn spawn_cid_loop(
-    listener: CidListener,
-    cids: Arc<RwLock<HashMap<u32, Arc<VmEntry>>>>,
+/// The stream queue of an AF_VSOCK VM: its streams, routed by the shared accept loop, are
+/// served by a task of its own that pauses while the VM is saturated (`inbox`), so a
+/// flooding VM never stalls another VM's accepts.
+fn cid_inbox(
+    cid: u32,
+    vm: Arc<VmEntry>,
     shared: Arc<Shared>,
-) -> JoinHandle<()> {
+) -> (Inbox<crate::transport::Accepted>, JoinHandle<()>) {
+    let for_saturated = vm.clone();
+    Inbox::spawn(
+        move |acc: crate::transport::Accepted| {
+            let (vm, shared) = (vm.clone(), shared.clone());
+            let span = tracing::info_span!("vm", vm = %vm.id, cid);
+            crate::fair::bind(
+                Some(vm.fair.clone()),
+                async move {
+                    tokio::select! {
+                        _ = crate::dispatch::serve_stream(acc, vm.clone(), shared) => {}
+                        _ = vm.closed() => tracing::info!("VM unregistered: closing stream"),
+                    }
+                }
+                .instrument(span),
+            )
+        },
+        move || crate::proxy::saturated(&for_saturated.current()),
+        SATURATED_ACCEPT_PAUSE,
+    )
+}
+
+/// The broker-wide AF_VSOCK accept loop: routes each stream to the queue of the VM of its
+/// peer CID, never waiting for it (see `inbox`).
+fn spawn_cid_loop(listener: CidListener, cids: Arc<RwLock<HashMap<u32, CidVm>>>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut conns = JoinSet::new();
         loop {
-            tokio::select! {
-                acc = listener.accept() => match acc {
-                    Ok(acc) => {
-                        let Origin::Cid(cid) = acc.origin else { continue };
-                        let vm = cids.read().unwrap_or_else(|e| e.into_inner()).get(&cid).cloned();
-                        match vm {
-                            Some(vm) => {
-                                let span = tracing::info_span!("vm", vm = %vm.id, cid);
-                                let shared = shared.clone();
-                                // Streams of an unregistered VM end with it.
-                                conns.spawn(
-                                    async move {
-                                        tokio::select! {
-                                            _ = crate::dispatch::serve_stream(acc, vm.clone(), shared) => {}
-                                            _ = vm.closed() => tracing::info!("VM unregistered: closing stream"),
-                                        }
-                                    }
-                                    .instrument(span),
-                                );
+            match listener.accept().await {
+                Ok(acc) => {
+                    let Origin::Cid(cid) = acc.origin else {
+                        continue;
+                    };
+                    let cids = cids.read().unwrap_or_else(|e| e.into_inner());
+                    match cids.get(&cid) {
+                        Some(vm) => {
+                            if vm.inbox.offer(acc).is_err() {
+                                tracing::debug!(vm = %vm.id, cid, "VM's stream queue is full: closing stream");
                             }
-                            None => tracing::warn!(cid, "closing stream from an unregistered CID"),
                         }
+                        None => tracing::warn!(cid, "closing stream from an unregistered CID"),
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "vsock accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    }
-                },
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "vsock accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
             }
         }
     })

@@ -166,15 +166,22 @@ pub(crate) struct VmEntry {
     state: RwLock<Arc<VmState>>,
     /// Set when the VM is unregistered: its open streams end.
     closed: tokio::sync::watch::Sender<bool>,
+    /// The VM's CPU account: every future run for the VM is charged to it (`fair`).
+    pub fair: Arc<crate::fair::Account>,
 }
 
 impl VmEntry {
     /// `closed` is the sender half of `state.closed`.
-    pub fn new(state: VmState, closed: tokio::sync::watch::Sender<bool>) -> VmEntry {
+    pub fn new(
+        state: VmState,
+        closed: tokio::sync::watch::Sender<bool>,
+        fair: Arc<crate::fair::Account>,
+    ) -> VmEntry {
         VmEntry {
             id: state.id.clone(),
             state: RwLock::new(Arc::new(state)),
             closed,
+            fair,
         }
     }
 
@@ -206,4 +213,6 @@ impl VmEntry {
 pub(crate) struct Shared {
     pub events: EventSink,
     pub upstream_tls: Arc<ClientConfig>,
+    /// Per-VM CPU fairness (`fair`).
+    pub fair: Arc<crate::fair::Scheduler>,
 }

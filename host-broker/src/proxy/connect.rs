@@ -124,7 +124,7 @@ fn spawn_tunnel<F, Fut>(
     F: FnOnce(TokioIo<Upgraded>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
-    tokio::spawn(
+    crate::fair::spawn(
         async move {
             let _slot = slot;
             let run = async move {

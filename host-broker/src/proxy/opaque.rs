@@ -100,18 +100,15 @@ pub(super) async fn run<G>(
         Mode::Raw => audit::Outcome::Relayed,
         Mode::PassThrough => audit::Outcome::Passthrough,
     };
-    let (to_up, to_guest) = match tokio::io::copy_bidirectional(&mut guest, &mut up).await {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::debug!(error = %e, "opaque tunnel ended with an error");
-            (0, 0)
-        }
-    };
+    // Closed after RELAY_IDLE_TIMEOUT with no byte either way (docs/architecture.md).
+    let (to_up, to_guest, idle) =
+        crate::idle::relay(guest, &mut up, crate::idle::RELAY_IDLE_TIMEOUT).await;
     let to_up = to_up + first.len() as u64;
     tracing::info!(
         to_upstream = to_up,
         to_guest,
         %verdict,
+        idle,
         "opaque tunnel closed"
     );
     audit::emit(

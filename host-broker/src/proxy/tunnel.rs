@@ -15,7 +15,7 @@ use http::header::TE;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::body::ProxyBody;
@@ -91,15 +91,24 @@ impl Tunnel {
             let this = this.clone();
             async move { Ok::<_, std::convert::Infallible>(this.forward(req).await) }
         });
-        let io = TokioIo::new(tls);
         let result = if guest_h2 {
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            // Closed after H2_IDLE_TIMEOUT with no byte either way (HTTP/1.1: the header
+            // read timeout covers an idle keep-alive).
+            let (tls, counts) = crate::idle::Activity::new(tls);
+            let conn = hyper::server::conn::http2::Builder::new(crate::fair::Executor)
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(H2_MAX_STREAMS)
                 .enable_connect_protocol()
-                .serve_connection(io, svc)
-                .await
+                .serve_connection(TokioIo::new(tls), svc);
+            tokio::select! {
+                r = conn => r,
+                _ = crate::idle::idle(&counts, crate::idle::H2_IDLE_TIMEOUT) => {
+                    tracing::info!("closing idle HTTP/2 connection");
+                    Ok(())
+                }
+            }
         } else {
+            let io = TokioIo::new(tls);
             hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)

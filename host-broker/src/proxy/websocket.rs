@@ -170,7 +170,7 @@ pub(super) async fn forward(
             return refuse(shared, rec, StatusCode::BAD_GATEWAY, &reason);
         }
     };
-    tokio::spawn(
+    crate::fair::spawn(
         async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream upgrade connection ended with an error");
@@ -253,7 +253,7 @@ pub(super) async fn forward(
         budget: up.vm.body_budget.clone(),
     };
     let (guest, vm) = (up.guest, up.vm.clone());
-    tokio::spawn(
+    crate::fair::spawn(
         async move {
             let _slot = slot;
             let run = async move {

@@ -8,7 +8,7 @@ use http::header::HOST;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
@@ -40,8 +40,8 @@ impl UpstreamConn {
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         if h2 {
-            let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
-            tokio::spawn(
+            let (sender, conn) = http2::handshake(crate::fair::Executor, TokioIo::new(io)).await?;
+            crate::fair::spawn(
                 async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "upstream h2 connection ended with an error");
@@ -52,7 +52,7 @@ impl UpstreamConn {
             Ok(UpstreamConn::H2(sender))
         } else {
             let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
-            tokio::spawn(
+            crate::fair::spawn(
                 async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "upstream connection ended with an error");
