@@ -17,22 +17,28 @@ use std::path::{Path, PathBuf};
 /// Who may use whom, lowest layers first. The root (`lib.rs`) may use anything.
 const ALLOWED: &[(&str, &[&str])] = &[
     // Leaves.
+    ("fair", &[]),
     ("fsutil", &[]),
+    ("idle", &[]),
+    ("inbox", &[]),
     ("outcome", &[]),
     ("transport", &[]),
-    ("upstream", &[]),
+    ("upstream", &["fair"]),
     ("tls", &["fsutil"]),
     ("policy", &["outcome"]),
     ("secrets", &["policy"]),
     ("metrics", &["outcome", "secrets"]),
     ("audit", &["metrics", "outcome"]),
-    ("state", &["audit", "policy", "secrets", "tls", "upstream"]),
+    (
+        "state",
+        &["audit", "fair", "policy", "secrets", "tls", "upstream"],
+    ),
     ("control", &["audit", "state"]),
     ("dns", &["audit", "state"]),
     (
         "proxy",
         &[
-            "audit", "control", "policy", "secrets", "state", "tls", "upstream",
+            "audit", "control", "fair", "idle", "policy", "secrets", "state", "tls", "upstream",
         ],
     ),
     (
@@ -45,6 +51,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "audit",
             "dispatch",
+            "fair",
+            "inbox",
             "metrics",
             "policy",
             "proxy",
@@ -67,7 +75,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "control",
             "dispatch",
             "dns",
+            "fair",
             "fsutil",
+            "idle",
+            "inbox",
             "metrics",
             "outcome",
             "policy",
