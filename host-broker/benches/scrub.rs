@@ -56,9 +56,7 @@ fn text_block(escapes: bool) -> Vec<u8> {
     (0..1 << 20).map(|i| line[i % line.len()]).collect()
 }
 
-type Run = dyn FnMut(&[u8]) -> usize;
-
-fn measure(total: usize, chunks: &[&[u8]], run: &mut Run) -> f64 {
+fn measure(total: usize, chunks: &[&[u8]], mut run: impl FnMut(&[u8]) -> usize) -> f64 {
     let start = Instant::now();
     let mut sink = 0usize;
     for i in 0..total / CHUNK {
@@ -83,9 +81,7 @@ fn main() {
     ];
     for (name, block) in &bodies {
         let chunks: Vec<&[u8]> = block.chunks(CHUNK).collect();
-        let copy = measure(total, &chunks, &mut |c| {
-            std::hint::black_box(c.to_vec()).len()
-        });
+        let copy = measure(total, &chunks, |c| std::hint::black_box(c.to_vec()).len());
         println!("{name} body, 64 KiB chunks; copy (to_vec) {copy:.0} MiB/s");
         println!(
             "  {:>11}  {:>16}  {:>16}  {:>6}",
@@ -98,8 +94,8 @@ fn main() {
             let (mut b, mut s) = (0.0f64, 0.0f64);
             // Alternate, best of three each: noise on a shared machine only lowers figures.
             for _ in 0..3 {
-                b = b.max(measure(total, &chunks, &mut |c| old.push(c).len()));
-                s = s.max(measure(total, &chunks, &mut |c| new.push(c).len()));
+                b = b.max(measure(total, &chunks, |c| old.push(c).len()));
+                s = s.max(measure(total, &chunks, |c| new.push(c).len()));
             }
             let _ = (old.finish(), new.finish());
             println!("  {n:>11}  {b:>16.0}  {s:>16.0}  {:>5.1}x", s / b);

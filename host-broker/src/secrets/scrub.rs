@@ -181,6 +181,8 @@ pub(crate) struct Finder {
     short: Option<(AhoCorasick, Vec<usize>)>,
     /// Pattern ids by first byte, for the hold-back decision.
     by_first: Vec<Vec<u32>>,
+    /// The bytes that occur in some pattern (a bit set).
+    bytes: [u64; 4],
     max_len: usize,
 }
 
@@ -206,6 +208,10 @@ impl Finder {
                 by_first[b as usize].push(i as u32);
             }
         }
+        let mut bytes = [0u64; 4];
+        for &b in patterns.iter().flat_map(|p| p.iter()) {
+            bytes[b as usize >> 6] |= 1 << (b & 63);
+        }
         let max_len = patterns.iter().map(|p| p.len()).max().unwrap_or(0);
         Ok(Finder {
             patterns,
@@ -213,6 +219,7 @@ impl Finder {
             mid,
             short,
             by_first,
+            bytes,
             max_len,
         })
     }
@@ -227,6 +234,11 @@ impl Finder {
                 out.push((m.start(), m.end(), ids[m.pattern().as_usize()]));
             }
         }
+    }
+
+    /// Whether some pattern contains byte `b`.
+    fn has_byte(&self, b: u8) -> bool {
+        self.bytes[b as usize >> 6] >> (b & 63) & 1 != 0
     }
 
     /// Whether `rest` is a proper prefix of some pattern (could still become one).
@@ -247,44 +259,44 @@ impl Finder {
     }
 }
 
-/// Bytes `lo..hi` of the scanned buffer with JSON escapes decoded: `map[i]` is where the
-/// escape (or byte) that gave `view[i]` starts.
+/// Bytes `lo..hi` of the scanned buffer with JSON escapes decoded. `escs` holds, per
+/// escape, (its index in `view`, decoded length, where it starts in the buffer, its length):
+/// view and buffer positions between escapes differ by a constant.
 struct View {
     view: Zeroizing<Vec<u8>>,
-    map: Vec<usize>,
-    hi: usize,
+    escs: Vec<(usize, usize, usize, usize)>,
+    lo: usize,
 }
 
 impl View {
     /// `lo` and `hi` are token boundaries; `escapes` (sorted) are the escapes in between.
     fn decode(buf: &[u8], lo: usize, hi: usize, escapes: &[(usize, usize, char)]) -> View {
         let mut view = Zeroizing::new(Vec::with_capacity(hi - lo));
-        let mut map = Vec::with_capacity(hi - lo);
+        let mut escs = Vec::with_capacity(escapes.len());
         let mut pos = lo;
         for &(x, n, ch) in escapes {
             view.extend_from_slice(&buf[pos..x]);
-            map.extend(pos..x);
             let mut b = [0u8; 4];
             let s = ch.encode_utf8(&mut b);
+            escs.push((view.len(), s.len(), x, n));
             view.extend_from_slice(s.as_bytes());
-            map.extend(std::iter::repeat_n(x, s.len()));
             pos = x + n;
         }
         view.extend_from_slice(&buf[pos..hi]);
-        map.extend(pos..hi);
-        View { view, map, hi }
+        View { view, escs, lo }
     }
 
-    /// Whether view index `i` begins a token (or is the end).
-    fn boundary(&self, i: usize) -> bool {
-        i == 0 || i == self.map.len() || self.map[i] != self.map[i - 1]
-    }
-
-    fn original(&self, i: usize) -> usize {
-        if i == self.map.len() {
-            self.hi
-        } else {
-            self.map[i]
+    /// Where view index `i` (or the end) starts in the buffer; `None` inside the decoded
+    /// bytes of one escape (no token starts there).
+    fn original(&self, i: usize) -> Option<usize> {
+        let k = self.escs.partition_point(|e| e.0 <= i);
+        let Some(&(v, d, x, n)) = k.checked_sub(1).map(|k| &self.escs[k]) else {
+            return Some(self.lo + i);
+        };
+        match i - v {
+            0 => Some(x),
+            j if j < d => None,
+            j => Some(x + n + (j - d)),
         }
     }
 }
@@ -418,10 +430,12 @@ impl Scrubber {
                 let first = escapes.partition_point(|e| e.0 + e.1 <= tail);
                 let lo = escapes.get(first).map_or(tail, |e| e.0.min(tail));
                 let v = View::decode(&buf, lo, decided, &escapes[first..]);
-                if let Some(i) =
-                    (0..v.view.len()).find(|&i| v.boundary(i) && finder.grows(&v.view[i..]))
-                {
-                    hold = hold.min(v.map[i]);
+                let at = (0..v.view.len()).find_map(|i| {
+                    let o = v.original(i)?;
+                    finder.grows(&v.view[i..]).then_some(o)
+                });
+                if let Some(o) = at {
+                    hold = hold.min(o);
                 }
             }
         }
@@ -501,21 +515,33 @@ impl Scrubber {
             let k = escapes.partition_point(|e| e.0 + e.1 <= at);
             escapes.get(k).filter(|e| e.0 < at).map(|_| k)
         };
+        // Only an escape that decodes to a byte some form contains can be inside a match
+        // (`\n` or `\"` in text usually cannot): only those start a neighbourhood.
+        let triggers: Vec<usize> = (0..escapes.len())
+            .filter(|&i| {
+                let mut b = [0u8; 4];
+                self.finder
+                    .has_byte(escapes[i].2.encode_utf8(&mut b).as_bytes()[0])
+            })
+            .collect();
         let mut found = Vec::new();
-        let mut k = 0;
-        while k < escapes.len() {
+        let mut t = 0;
+        while t < triggers.len() {
+            let k = triggers[t];
             let (x, _, _) = escapes[k];
             let mut lo = x.saturating_sub(reach).max(floor);
             if let Some(j) = inside(lo) {
                 lo = escapes[j].0;
             }
             // Extend over every escape whose neighbourhood overlaps this one.
-            let mut j = k;
-            while j + 1 < escapes.len()
-                && escapes[j + 1].0 <= escapes[j].0 + escapes[j].1 + 2 * reach
-            {
-                j += 1;
+            let mut u = t;
+            while u + 1 < triggers.len() && {
+                let (a, b) = (escapes[triggers[u]], escapes[triggers[u + 1]]);
+                b.0 <= a.0 + a.1 + 2 * reach
+            } {
+                u += 1;
             }
+            let j = triggers[u];
             let mut hi = (escapes[j].0 + escapes[j].1 + reach).min(decided);
             if let Some(i) = inside(hi) {
                 hi = escapes[i].0 + escapes[i].1;
@@ -526,16 +552,15 @@ impl Scrubber {
             found.clear();
             self.finder.find(&v.view, &mut found);
             for &(a, b, pid) in &found {
-                if !v.boundary(a) || !v.boundary(b) {
+                let (Some(s), Some(e)) = (v.original(a), v.original(b)) else {
                     continue;
-                }
-                let (s, e) = (v.original(a), v.original(b));
+                };
                 // Same length: no escape inside, the raw search has it.
                 if e - s != b - a {
                     occ.push((s, e, pid, true));
                 }
             }
-            k = j + 1;
+            t = u + 1;
         }
     }
 

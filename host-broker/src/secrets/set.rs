@@ -78,8 +78,6 @@ pub struct CredentialSet {
     pub(crate) placeholder_owner: Vec<usize>,
     /// Every real value form, found at any offset (shared with body scrubbers).
     pub(crate) finder: Arc<Finder>,
-    /// One automaton over every real value form (the bench's baseline scrubber).
-    pub(crate) values: Arc<AhoCorasick>,
     /// The same patterns, ASCII case-insensitive: header names arrive lowercased (HTTP/2,
     /// and hyper's HeaderName), so a real value used as a name is found in any letter case.
     pub(crate) values_nocase: AhoCorasick,
@@ -379,10 +377,6 @@ impl CredentialSet {
         let value_patterns: Arc<[Zeroizing<Vec<u8>>]> = value_patterns.into();
         let finder = Finder::new(value_patterns.clone()).map_err(automaton_err)?;
         let json_replacements: Vec<Vec<u8>> = replacements.iter().map(|r| json_escape(r)).collect();
-        let values = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(value_patterns.iter().map(|p| p.as_slice()))
-            .map_err(automaton_err)?;
         let values_nocase = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .ascii_case_insensitive(true)
@@ -394,7 +388,6 @@ impl CredentialSet {
             placeholders,
             placeholder_owner,
             finder: Arc::new(finder),
-            values: Arc::new(values),
             values_nocase,
             value_replacements: replacements.into(),
             value_json_replacements: json_replacements.into(),
@@ -449,8 +442,12 @@ impl CredentialSet {
     /// of `benches/scrub.rs` only.
     #[doc(hidden)]
     pub fn baseline_scrubber(&self) -> BaselineScrubber {
+        let values = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(self.value_patterns.iter().map(|p| p.as_slice()))
+            .expect("built before, in values_nocase");
         BaselineScrubber::new(
-            self.values.clone(),
+            Arc::new(values),
             self.value_replacements.clone(),
             self.value_patterns.clone(),
         )
