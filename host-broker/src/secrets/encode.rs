@@ -39,38 +39,104 @@ fn percent_decode(input: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What a backslash starts in a JSON string (greedy, as a JSON parser reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Escape {
+    /// Not an escape: the backslash is an ordinary byte (`\x`, a lone surrogate, ...).
+    Literal,
+    /// `len` bytes (2, 6, or 12 for a surrogate pair) that stand for `ch`.
+    Token { len: usize, ch: char },
+    /// The bytes so far are a proper prefix of an escape: later bytes decide.
+    Undecided,
+}
+
+/// Reads the escape at the start of `s` (`s[0]` is a backslash). With `at_end`, `s` is all there
+/// is (an unfinished escape is then [`Escape::Literal`]); otherwise more bytes may follow.
+/// The one reading shared by placeholder detection ([`json_unescape`]) and the response
+/// scrubber's JSON view, so both find the same things.
+pub(crate) fn escape_at(s: &[u8], at_end: bool) -> Escape {
+    let more = if at_end {
+        Escape::Literal
+    } else {
+        Escape::Undecided
+    };
+    let Some(&c) = s.get(1) else { return more };
+    let ch = match c {
+        b'"' => '"',
+        b'\\' => '\\',
+        b'/' => '/',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        b'u' => return u_escape(s, more),
+        _ => return Escape::Literal,
+    };
+    Escape::Token { len: 2, ch }
+}
+
+/// `\uXXXX`, a surrogate pair `\uD83D\uDE00`, or not an escape (a lone surrogate).
+fn u_escape(s: &[u8], more: Escape) -> Escape {
+    let Some(hi) = hex4_prefix(&s[2..]) else {
+        return Escape::Literal;
+    };
+    let Some(hi) = hi else { return more };
+    if (0xDC00..0xE000).contains(&hi) {
+        return Escape::Literal;
+    }
+    if !(0xD800..0xDC00).contains(&hi) {
+        return match char::from_u32(hi) {
+            Some(ch) => Escape::Token { len: 6, ch },
+            None => Escape::Literal,
+        };
+    }
+    // A high surrogate counts only with a low one right after it: `\u` + DC00..DFFF.
+    let tail = &s[6..s.len().min(12)];
+    let ok = tail.iter().enumerate().all(|(k, &b)| match k {
+        0 => b == b'\\',
+        1 => b == b'u',
+        2 => b.eq_ignore_ascii_case(&b'd'),
+        3 => matches!(b.to_ascii_lowercase(), b'c'..=b'f'),
+        _ => hex(b).is_some(),
+    });
+    if !ok {
+        return Escape::Literal;
+    }
+    if tail.len() < 6 {
+        return more;
+    }
+    let lo = hex4(&tail[2..]).unwrap_or(0);
+    let c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+    match char::from_u32(c) {
+        Some(ch) => Escape::Token { len: 12, ch },
+        None => Escape::Literal,
+    }
+}
+
+/// Four hex digits: `Some(Some(v))`; fewer bytes, all hex: `Some(None)`; a non-hex: `None`.
+fn hex4_prefix(s: &[u8]) -> Option<Option<u32>> {
+    let mut v = 0u32;
+    for (k, &b) in s.iter().take(4).enumerate() {
+        v = v << 4 | u32::from(hex(b)?);
+        if k == 3 {
+            return Some(Some(v));
+        }
+    }
+    Some(None)
+}
+
 /// Undoes JSON string escapes (`\"`, `\\`, `\/`, `\n`..., `\uXXXX` incl. surrogate pairs).
 /// Unknown escapes are kept as-is.
 pub(crate) fn json_unescape(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
-        if input[i] != b'\\' || i + 1 >= input.len() {
-            out.push(input[i]);
-            i += 1;
-            continue;
-        }
-        let simple = match input[i + 1] {
-            b'"' => Some(b'"'),
-            b'\\' => Some(b'\\'),
-            b'/' => Some(b'/'),
-            b'b' => Some(8),
-            b'f' => Some(12),
-            b'n' => Some(b'\n'),
-            b'r' => Some(b'\r'),
-            b't' => Some(b'\t'),
-            _ => None,
-        };
-        if let Some(c) = simple {
-            out.push(c);
-            i += 2;
-            continue;
-        }
-        if input[i + 1] == b'u' {
-            if let Some((ch, used)) = parse_u_escape(&input[i..]) {
+        if input[i] == b'\\' {
+            if let Escape::Token { len, ch } = escape_at(&input[i..], true) {
                 let mut buf = [0u8; 4];
                 out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-                i += used;
+                i += len;
                 continue;
             }
         }
@@ -87,22 +153,6 @@ fn hex4(s: &[u8]) -> Option<u32> {
     s[..4]
         .iter()
         .try_fold(0u32, |acc, b| hex(*b).map(|d| acc << 4 | u32::from(d)))
-}
-
-/// Parses `\uXXXX` (and a following low surrogate); returns the char and bytes consumed.
-fn parse_u_escape(s: &[u8]) -> Option<(char, usize)> {
-    let hi = hex4(s.get(2..)?)?;
-    if (0xD800..0xDC00).contains(&hi) {
-        if s.get(6..8)? == b"\\u" {
-            let lo = hex4(s.get(8..)?)?;
-            if (0xDC00..0xE000).contains(&lo) {
-                let c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
-                return char::from_u32(c).map(|c| (c, 12));
-            }
-        }
-        return None;
-    }
-    char::from_u32(hi).map(|c| (c, 6))
 }
 
 #[cfg(test)]

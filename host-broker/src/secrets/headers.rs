@@ -370,18 +370,12 @@ impl CredentialSet {
         total
     }
 
-    /// One-shot replacement of real values in `hay`; returns the result and the count.
+    /// One-shot replacement of real values in `hay` (every form the body scrubber finds,
+    /// JSON escapes included); returns the result and the count.
     pub(crate) fn scrub_bytes(&self, hay: &[u8]) -> (Vec<u8>, usize) {
-        let mut out = Vec::with_capacity(hay.len());
-        let mut last = 0;
-        let mut n = 0;
-        for m in self.values.find_iter(hay) {
-            out.extend_from_slice(&hay[last..m.start()]);
-            out.extend_from_slice(&self.value_replacements[m.pattern().as_usize()]);
-            last = m.end();
-            n += 1;
-        }
-        out.extend_from_slice(&hay[last..]);
-        (out, n)
+        let mut sc = self.scrubber();
+        let mut out = sc.push(hay);
+        out.extend(sc.finish());
+        (out, sc.replaced())
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! The guest only ever sees placeholders (`mock-<NAME>`). [`CredentialSet`] holds the real
 //! values for one policy version (Arc-shared), one aho-corasick automaton over every
-//! placeholder and one over every real value, so the cost of a scan does not depend on the
-//! number of credentials. See docs/policy.md for the gate and violation semantics.
+//! placeholder and a sampled-gram finder over every real value form (`scrub.rs`), so the cost
+//! of a scan does not depend on the number of credentials. See docs/policy.md for the gate and violation semantics.
 
 mod aws;
 mod command;

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use super::env::EnvSource;
 use super::error::CredentialError;
 use super::refresh::{FileStamp, Health, Origin, Retired};
-use super::scrub::Scrubber;
+use super::scrub::{BaselineScrubber, Finder, Scrubber};
 use super::value::SecretValue;
 use crate::policy::{
     HostRule, InjectRule, Location, OnViolation, Policy, SecretSource, DEFAULT_REFRESH_GRACE_SECS,
@@ -76,14 +76,15 @@ pub struct CredentialSet {
     /// One automaton over every placeholder form; `placeholder_owner[pattern] = credential`.
     pub(crate) placeholders: AhoCorasick,
     pub(crate) placeholder_owner: Vec<usize>,
-    /// One automaton over every real value form, shared with body scrubbers.
-    pub(crate) values: Arc<AhoCorasick>,
+    /// Every real value form, found at any offset (shared with body scrubbers).
+    pub(crate) finder: Arc<Finder>,
     /// The same patterns, ASCII case-insensitive: header names arrive lowercased (HTTP/2,
     /// and hyper's HeaderName), so a real value used as a name is found in any letter case.
     pub(crate) values_nocase: AhoCorasick,
     /// Replacement (placeholder in the same encoding) for each value pattern.
     pub(crate) value_replacements: Arc<[Vec<u8>]>,
-    pub(crate) max_value_pattern_len: usize,
+    /// The same, JSON-escaped (for a value found through its JSON escapes).
+    pub(crate) value_json_replacements: Arc<[Vec<u8>]>,
     /// The value patterns themselves, for the scrubber's hold-back decision.
     pub(crate) value_patterns: Arc<[Zeroizing<Vec<u8>>]>,
 }
@@ -212,6 +213,31 @@ pub(crate) fn percent_encode(s: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A percent-encoding with lower-case hex digits (`%2f`: what some encoders emit).
+fn lower_hex(s: &[u8]) -> Vec<u8> {
+    let mut out = s.to_vec();
+    for i in 0..out.len() {
+        if out[i] == b'%' {
+            for b in out.iter_mut().skip(i + 1).take(2) {
+                b.make_ascii_lowercase();
+            }
+        }
+    }
+    out
+}
+
+/// A placeholder form as it is written inside a JSON string.
+fn json_escape(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    for &b in s {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out
+}
+
 /// The forms of a string searched for: (form of the real value, same form of the placeholder).
 fn forms(value: &[u8], placeholder: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut v: Vec<(Vec<u8>, Vec<u8>)> = vec![(value.to_vec(), placeholder.to_vec())];
@@ -221,7 +247,9 @@ fn forms(value: &[u8], placeholder: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
             engine.encode(placeholder).into_bytes(),
         ));
     }
-    v.push((percent_encode(value), percent_encode(placeholder)));
+    let (pv, pp) = (percent_encode(value), percent_encode(placeholder));
+    v.push((lower_hex(&pv), lower_hex(&pp)));
+    v.push((pv, pp));
     let mut seen = std::collections::BTreeSet::new();
     v.retain(|(f, _)| seen.insert(f.clone()));
     v
@@ -346,11 +374,9 @@ impl CredentialSet {
                 replacements.push(repl);
             }
         }
-        let max_value_pattern_len = value_patterns.iter().map(|p| p.len()).max().unwrap_or(0);
-        let values = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(value_patterns.iter().map(|p| p.as_slice()))
-            .map_err(automaton_err)?;
+        let value_patterns: Arc<[Zeroizing<Vec<u8>>]> = value_patterns.into();
+        let finder = Finder::new(value_patterns.clone()).map_err(automaton_err)?;
+        let json_replacements: Vec<Vec<u8>> = replacements.iter().map(|r| json_escape(r)).collect();
         let values_nocase = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .ascii_case_insensitive(true)
@@ -361,11 +387,11 @@ impl CredentialSet {
             retired,
             placeholders,
             placeholder_owner,
-            values: Arc::new(values),
+            finder: Arc::new(finder),
             values_nocase,
             value_replacements: replacements.into(),
-            max_value_pattern_len,
-            value_patterns: value_patterns.into(),
+            value_json_replacements: json_replacements.into(),
+            value_patterns,
         })
     }
 
@@ -403,12 +429,26 @@ impl CredentialSet {
         self.creds.iter().map(|c| c.name.clone()).collect()
     }
 
-    /// A streaming scrubber for response bodies (shares this set's value automaton).
+    /// A streaming scrubber for response bodies (shares this set's value finder).
     pub fn scrubber(&self) -> Scrubber {
         Scrubber::new(
-            self.values.clone(),
+            self.finder.clone(),
             self.value_replacements.clone(),
-            self.max_value_pattern_len,
+            self.value_json_replacements.clone(),
+        )
+    }
+
+    /// The scrubber as it was before the sampled-gram finder and JSON escapes: the baseline
+    /// of `benches/scrub.rs` only.
+    #[doc(hidden)]
+    pub fn baseline_scrubber(&self) -> BaselineScrubber {
+        let values = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(self.value_patterns.iter().map(|p| p.as_slice()))
+            .expect("built before, in values_nocase");
+        BaselineScrubber::new(
+            Arc::new(values),
+            self.value_replacements.clone(),
             self.value_patterns.clone(),
         )
     }

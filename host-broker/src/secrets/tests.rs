@@ -462,6 +462,66 @@ fn scrub_chunked(s: &CredentialSet, data: &[u8], cuts: &[usize]) -> Vec<u8> {
     out
 }
 
+/// Issue 11: a value echoed inside a JSON string with some characters escaped (`\u002d`
+/// for `-`, upper-case hex, every character, `\u0059` in a base64 form) is replaced in bodies at every split point and in header values, by the
+/// placeholder in the same form. Failed before the JSON view (the value went through).
+#[test]
+fn json_escaped_echoes_are_scrubbed_in_bodies_and_headers() {
+    let s = set("");
+    let every: String = CANARY
+        .chars()
+        .map(|c| format!("\\u{:04X}", c as u32))
+        .collect();
+    let echoes = [
+        CANARY.replace('-', "\\u002d"),
+        CANARY.replace('-', "\\u002D"),
+        every,
+        STANDARD
+            .encode(OTHER)
+            .replace('Y', "\\u0059")
+            .replace('/', "\\/"),
+    ];
+    let data = format!(
+        "{{\"a\":\"{}\",\"b\":\"{}\",\"c\":\"{}\",\"d\":\"{}\"}}",
+        echoes[0], echoes[1], echoes[2], echoes[3]
+    );
+    let (whole, n) = s.scrub_bytes(data.as_bytes());
+    let text = String::from_utf8(whole.clone()).unwrap();
+    assert_eq!(n, 4, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for k in ["a", "b", "c"] {
+        assert_eq!(v[k], "mock-OPENAI_API_KEY", "{k}: {text}");
+    }
+    assert_eq!(v["d"], STANDARD.encode("mock-GH_TOKEN").as_str());
+    for split in 0..data.len() {
+        assert_eq!(
+            scrub_chunked(&s, data.as_bytes(), &[split]),
+            whole,
+            "split {split}"
+        );
+    }
+    let byte_by_byte: Vec<usize> = (0..data.len()).collect();
+    assert_eq!(scrub_chunked(&s, data.as_bytes(), &byte_by_byte), whole);
+    let mut h = hm(&[("x-echo", &format!("{{\"k\":\"{}\"}}", echoes[0]))]);
+    assert_eq!(s.scrub_response_headers(&mut h), 1);
+    assert_eq!(h["x-echo"], "{\"k\":\"mock-OPENAI_API_KEY\"}");
+}
+
+/// A percent-encoded echo with lower-case hex digits (`%2f`) is replaced like the
+/// upper-case one (`%2F`). Failed before: only `percent_encode`'s upper-case form was a
+/// pattern.
+#[test]
+fn lower_case_percent_echo_is_scrubbed() {
+    let p = Policy::from_json_str(
+        r#"{"credentials": {"K": {"source": {"env": "K"}, "hosts": ["a.test"]}}}"#,
+    )
+    .unwrap();
+    let s = CredentialSet::load(&p, &MapEnv::from_pairs([("K", "real/Se+cret=0123")])).unwrap();
+    let (out, n) = s.scrub_bytes(b"a=real%2fSe%2bcret%3d0123&b=real%2FSe%2Bcret%3D0123");
+    assert_eq!(n, 2);
+    assert_eq!(out, b"a=mock-K&b=mock-K");
+}
+
 #[test]
 fn scrubber_handles_split_values() {
     let s = set("");
