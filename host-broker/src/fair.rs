@@ -29,8 +29,12 @@
 //! upstream connection drivers, tunnels, WebSocket relays) are charged to the same VM: the
 //! account in force is kept in a thread-local during each poll.
 //!
-//! Cost on the single-VM path: two clock reads, a handful of uncontended atomics per poll,
-//! and one extra indirection per wake.
+//! Cost on the single-VM path: two clock reads and a handful of atomics per poll, one extra
+//! indirection per wake (wakes are counted only while several VMs are active).
+//!
+//! Usage is wall time per poll: on an overloaded host a poll preempted by the OS is charged
+//! its preemption too (per-thread CPU clocks would not be, at the price of a system call per
+//! read).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -620,10 +624,8 @@ mod tests {
         pa.poll();
         pb.event();
         assert_eq!(sched.light_runnable.load(Ordering::SeqCst), 1);
-        let inner = pb.inner_waker.clone();
         drop(pb);
         assert_eq!(sched.light_runnable.load(Ordering::SeqCst), 0);
-        assert!(inner.lock().unwrap().is_none());
         assert!(pa.poll(), "nothing light runnable: a runs");
     }
 
@@ -637,7 +639,7 @@ mod tests {
         let inherited = bind(Some(a.clone()), async { current() }).await;
         assert!(Arc::ptr_eq(&inherited.unwrap(), &a));
         assert!(current().is_none(), "restored after the poll");
-        let child = bind(Some(a.clone()), async { spawn(async { current() }) }).await;
-        assert!(Arc::ptr_eq(&child.await.unwrap().unwrap(), &a));
+        let child = bind(Some(a.clone()), async { spawn(async { current() }).await }).await;
+        assert!(Arc::ptr_eq(&child.unwrap().unwrap(), &a));
     }
 }
