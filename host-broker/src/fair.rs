@@ -125,8 +125,12 @@ impl Scheduler {
 
     /// A scheduler sized for the current machine (`available_parallelism` workers, tokio's
     /// default for a multi-thread runtime).
+    /// Off until enabled: benches/flood.rs has not shown a reproducible gain yet
+    /// (host-broker/README.md "Benchmark").
     pub fn for_host() -> Arc<Scheduler> {
-        Self::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        let s = Self::new(std::thread::available_parallelism().map_or(1, |n| n.get()));
+        s.set_enabled(false);
+        s
     }
 
     /// Turns deferral on or off for futures wrapped from now on (off: [`bind`] wraps
