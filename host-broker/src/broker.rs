@@ -645,7 +645,8 @@ impl Broker {
         self.read_vms().get(id).and_then(|r| r.socket.clone())
     }
 
-    /// Turns per-VM CPU fairness on (the default) or off, for streams accepted from now on.
+    /// Turns per-VM CPU fairness on or off (the default: opt-in until benches/flood.rs shows
+    /// a reproducible gain), for streams accepted from now on.
     /// On, a VM using more than its share of the broker's CPU has its work deferred while
     /// another VM has work to run (docs/architecture.md, "CPU fairness"); off, tasks run in
     /// tokio's first-in, first-out order whatever VM they serve. Off is for measuring
