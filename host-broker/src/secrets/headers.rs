@@ -309,18 +309,21 @@ impl CredentialSet {
         }
         let mut total = self.scrub_header_names(headers);
         for v in headers.values_mut() {
-            let (mut out, mut n) = self.scrub_bytes(v.as_bytes());
-            if let Some(b64) = basic_payload(&out) {
-                if let Ok(decoded) = STANDARD.decode(b64) {
-                    let (inner, k) = self.scrub_bytes(&Zeroizing::new(decoded));
-                    if k > 0 {
-                        let mut rebuilt = b"Basic ".to_vec();
-                        rebuilt.extend_from_slice(STANDARD.encode(&inner).as_bytes());
-                        out = rebuilt;
-                        n += k;
-                    }
+            // A Basic payload first, decoded: the value inside it is then replaced in the
+            // clear and the payload re-encoded, so the guest gets a valid `user:<placeholder>`
+            // (the base64 scan alone would leave an undecodable token).
+            let basic = basic_payload(v.as_bytes())
+                .and_then(|b64| STANDARD.decode(b64).ok())
+                .map(|decoded| self.scrub_bytes(&Zeroizing::new(decoded)))
+                .filter(|(_, k)| *k > 0);
+            let (out, n) = match basic {
+                Some((inner, k)) => {
+                    let mut rebuilt = b"Basic ".to_vec();
+                    rebuilt.extend_from_slice(STANDARD.encode(&inner).as_bytes());
+                    (rebuilt, k)
                 }
-            }
+                None => self.scrub_bytes(v.as_bytes()),
+            };
             if n > 0 {
                 match HeaderValue::from_bytes(&out) {
                     Ok(hv) => *v = hv,

@@ -6,6 +6,7 @@
 //! of a scan does not depend on the number of credentials. See docs/policy.md for the gate and violation semantics.
 
 mod aws;
+mod base64_forms;
 mod command;
 mod encode;
 mod env;

@@ -247,6 +247,10 @@ fn forms(value: &[u8], placeholder: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
             engine.encode(placeholder).into_bytes(),
         ));
     }
+    v.extend(super::base64_forms::unaligned_base64_forms(
+        value,
+        placeholder,
+    ));
     let (pv, pp) = (percent_encode(value), percent_encode(placeholder));
     v.push((lower_hex(&pv), lower_hex(&pp)));
     v.push((pv, pp));

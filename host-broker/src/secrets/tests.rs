@@ -898,3 +898,70 @@ fn entries_are_alternatives_for_the_same_host() {
         );
     }
 }
+
+/// Decodes every base64-alphabet run of `text` bit by bit (any trailing bits, either
+/// alphabet), so a value that survives scrubbing shows up whatever its alignment.
+fn lenient_base64_decode(text: &[u8]) -> Vec<u8> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0u32);
+    for &c in text {
+        match val(c) {
+            Some(v) => {
+                acc = (acc << 6) | v;
+                bits += 6;
+                if bits >= 8 {
+                    bits -= 8;
+                    out.push((acc >> bits) as u8);
+                    acc &= (1 << bits) - 1;
+                }
+            }
+            None => {
+                (acc, bits) = (0, 0);
+                out.push(b' ');
+            }
+        }
+    }
+    out
+}
+
+/// An upstream echoing a Basic payload the broker built (`base64("user:" + value)`,
+/// httpbin-style `/headers`) in a response body: the value sits at an offset inside the
+/// base64 token. Failed before: only `base64(value)` at alignment 0 was a pattern, and
+/// threat-model row 96 was open.
+#[test]
+fn base64_of_the_value_at_any_offset_is_scrubbed_from_bodies() {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let s = set("");
+    for prefix in ["", "u", "us", "user:", "ab:", "x", "longer-user-name:"] {
+        for suffix in ["", "\n", "!x"] {
+            let payload = format!("{prefix}{CANARY}{suffix}");
+            for (engine_name, token) in [
+                ("standard", STANDARD.encode(&payload)),
+                ("standard no pad", STANDARD_NO_PAD.encode(&payload)),
+                ("url-safe", URL_SAFE.encode(&payload)),
+                ("url-safe no pad", URL_SAFE_NO_PAD.encode(&payload)),
+            ] {
+                let body = format!(r#"{{"headers": {{"Authorization": "Basic {token}"}}}}"#);
+                let whole = s.scrub_bytes(body.as_bytes()).0;
+                let decoded = lenient_base64_decode(&whole);
+                assert!(
+                    !decoded
+                        .windows(CANARY.len())
+                        .any(|w| w == CANARY.as_bytes()),
+                    "{engine_name}, prefix {prefix:?}, suffix {suffix:?}: the value survived"
+                );
+                let cuts: Vec<usize> = (0..body.len()).collect();
+                assert_eq!(scrub_chunked(&s, body.as_bytes(), &cuts), whole);
+            }
+        }
+    }
+}
