@@ -14,7 +14,8 @@
 //! - after the guest has sent its bytes and closed its side, the broker closes the stream
 //!   within `CLOSE_BOUND`;
 //! - the real value (raw, or in any form the response scrubber covers: base64 standard /
-//!   unpadded / URL-safe, percent) never appears in what the guest receives;
+//!   unpadded / URL-safe, percent) never appears in what the guest receives (with
+//!   `HTTP_REQUEST_FUZZ_UNALIGNED=1` also base64 at any alignment, a documented limit);
 //! - the real value (raw, percent, or base64 at any alignment, as in a re-encoded `Basic`
 //!   payload) reaches the upstream only inside TLS whose SNI is `api.test`: never over plain
 //!   HTTP, never to `other.test`.
@@ -51,7 +52,7 @@ const REAL: &str = "sk-fuzz-REAL-7f3a9c0d1e2b4a6f";
 const CLOSE_BOUND: Duration = Duration::from_secs(5);
 /// How long to wait for the end marker (the answer to the request appended after the
 /// input) before closing the guest's side anyway.
-const MARK_WAIT: Duration = Duration::from_millis(150);
+const MARK_WAIT: Duration = Duration::from_millis(60);
 /// The upstream answers this path with `END_MARK`; every input is followed by a request
 /// for it, so a complete answer means every earlier pipelined answer has arrived.
 const END_PATH: &str = "/__fuzz_end";
@@ -113,7 +114,18 @@ fn fixture() -> &'static Fixture {
             listen,
             guest_tls,
             conns,
-            to_guest: guest_forms(REAL.as_bytes()),
+            // Base64 of the value at an offset inside a longer blob is a documented limit of
+            // the scrubber (docs/policy.md, "Response scrubbing"; issue 5), which the broker's
+            // own Basic re-encoding hits: an upstream that echoes `Authorization: Basic ...`
+            // in a body gives the guest base64("user:<real>"). Not asserted unless
+            // HTTP_REQUEST_FUZZ_UNALIGNED=1 (seed-tls-api-basic fails then).
+            to_guest: if std::env::var_os("HTTP_REQUEST_FUZZ_UNALIGNED").is_some() {
+                let mut f = guest_forms(REAL.as_bytes());
+                f.extend(upstream_forms(REAL.as_bytes()));
+                f
+            } else {
+                guest_forms(REAL.as_bytes())
+            },
             to_upstream: upstream_forms(REAL.as_bytes()),
             verbose: std::env::var_os("HTTP_REQUEST_FUZZ_VERBOSE").is_some(),
         }
@@ -268,9 +280,8 @@ async fn serve_upstream(tcp: TcpStream, server: Arc<rustls::ServerConfig>, log: 
         return;
     };
     let builder = hyper::server::conn::http1::Builder::new();
-    let svc = service_fn(|req: Request<Incoming>| async move {
-        Ok::<_, Infallible>(echo(req).await)
-    });
+    let svc =
+        service_fn(|req: Request<Incoming>| async move { Ok::<_, Infallible>(echo(req).await) });
     if n == 1 && first[0] == 0x16 {
         *log.tls.lock().unwrap() = Some(true);
         // Record the ClientHello and handshake too (a value in the SNI would show up).
@@ -365,7 +376,9 @@ fn find(hay: &[u8], needle: &[u8]) -> bool {
 
 /// The guest's side of one proxy stream: what the guest agent sends first.
 async fn open_stream(f: &Fixture) -> TunnelStream<UnixStream> {
-    let mut unix = UnixStream::connect(&f.listen).await.expect("proxy listener");
+    let mut unix = UnixStream::connect(&f.listen)
+        .await
+        .expect("proxy listener");
     write_stream_header(
         &mut unix,
         &StreamHeader {
@@ -475,7 +488,11 @@ async fn run(f: &Fixture, data: &[u8]) -> Result<Vec<u8>, String> {
 
 fuzz_target!(|data: &[u8]| {
     let f = fixture();
+    let started = std::time::Instant::now();
     let answer = f.rt.block_on(run(f, data));
+    if f.verbose {
+        eprintln!("input took {:?}", started.elapsed());
+    }
     // Let the broker and upstream finish what this input started (pooled connections,
     // tunnels draining) before the logs are checked.
     f.rt.block_on(async {
