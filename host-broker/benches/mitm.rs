@@ -410,8 +410,14 @@ async fn bulk(p: &Path, up: SocketAddr, host: &str) -> f64 {
 }
 
 /// Holds `n` idle tunnels (CONNECT + finished TLS handshake, no request): KiB of proxy RSS
-/// each (RSS after - before, over every process of the proxy, divided by n).
-async fn rss_per_tunnel(p: &Path, up: SocketAddr, n: usize) -> Option<Vec<f64>> {
+/// each (RSS after - before, over every process of the proxy, divided by n). `held` gets the
+/// absolute RSS (KiB) of each process while the `n` tunnels are held.
+async fn rss_per_tunnel(
+    p: &Path,
+    up: SocketAddr,
+    n: usize,
+    held_rss: &mut Vec<u64>,
+) -> Option<Vec<f64>> {
     if p.pids.is_empty() {
         return None;
     }
@@ -428,6 +434,7 @@ async fn rss_per_tunnel(p: &Path, up: SocketAddr, n: usize) -> Option<Vec<f64>> 
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = total(p);
+    held_rss.clone_from(&after);
     drop(held);
     Some(
         after
@@ -473,6 +480,10 @@ fn driver() {
     let mut agent_env = base_env.clone();
     agent_env.push(("MITM_BROKER_SOCK", broker.ready[0].clone()));
     let agent = ChildRole::spawn("agent", &agent_env);
+    // The agent at idle, before any load (issue 13: the agent's idle RSS <= 8 MiB).
+    std::thread::sleep(Duration::from_millis(300));
+    let agent_idle_kib = rss_kib(agent.pid());
+    let mut agent_held_kib = 0;
     let real = format!("Bearer {SECRET}");
     let fake = format!("Bearer {PLACEHOLDER}");
     let read = |p: &str| std::fs::read_to_string(p).unwrap();
@@ -573,7 +584,12 @@ fn driver() {
         }
         let mut mem = Vec::new();
         for p in &paths {
-            mem.push(match rss_per_tunnel(p, up, tunnels).await {
+            let mut held_rss = Vec::new();
+            let per_tunnel = rss_per_tunnel(p, up, tunnels, &mut held_rss).await;
+            if p.pids.last() == Some(&agent.pid()) {
+                agent_held_kib = held_rss.last().copied().unwrap_or(0);
+            }
+            mem.push(match per_tunnel {
                 Some(k) if k.len() == 1 => format!("{:.1}", k[0]),
                 Some(k) => format!(
                     "{:.1} ({})",
@@ -604,6 +620,10 @@ fn driver() {
         }
         println!();
     }
+    println!(
+        "guest agent RSS (issue 13 goal: idle <= 8192 KiB): idle before any load {agent_idle_kib} \
+         KiB, holding {tunnels} idle tunnels {agent_held_kib} KiB"
+    );
     println!(
         "sluice RSS at end: broker {} KiB, agent {} KiB; {}",
         rss_kib(broker.pid()),

@@ -74,6 +74,33 @@ guest_kernel() {
   ln -sfn "$modules" "$cache/modules"
 }
 
+ci() { [ "${CI:-}" = true ] || [ "${CI:-}" = 1 ]; }
+
+nightly_toolchain() {
+  # The fuzz step (tests/scripts/fuzz.sh): cargo-fuzz needs nightly (sanitizer flags). CI
+  # machines come with one; a CI run without it fails here instead of later in the fuzz step.
+  cargo +nightly --version >/dev/null 2>&1 && return 0
+  if ci; then
+    echo "bootstrap: CI=true but no nightly toolchain (rustup toolchain list); the fuzz step" \
+         "needs it: rustup toolchain install nightly --profile minimal" >&2
+    return 1
+  fi
+  rustup toolchain install nightly --profile minimal
+}
+
+cargo_fuzz() {
+  cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+}
+
+msrv_toolchain() {
+  # The workspace's rust-version, for the real build of tests/scripts/msrv.sh.
+  local v
+  v="$(sed -n '/^\[workspace.package\]/,/^\[/s/^rust-version *= *"\([0-9.]*\)".*/\1/p' \
+       "$here/../../Cargo.toml")"
+  [ -n "$v" ] || { echo "bootstrap: no rust-version in Cargo.toml" >&2; return 1; }
+  cargo "+$v" --version >/dev/null 2>&1 || rustup toolchain install "$v" --profile minimal
+}
+
 rootfs() {
   bash "$here/build-rootfs.sh" "$cache"
 }
@@ -82,6 +109,9 @@ total0=$SECONDS
 step apt-packages apt_packages
 step musl-target musl_target
 step vhost-device-vsock vhost_vsock
+step nightly-toolchain nightly_toolchain
+step cargo-fuzz cargo_fuzz
+step msrv-toolchain msrv_toolchain
 step guest-kernel guest_kernel
 step rootfs rootfs
 echo "bootstrap: done in $((SECONDS - total0))s (cache: $cache)" >&2

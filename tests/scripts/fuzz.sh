@@ -24,7 +24,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target/fuzz}"
 # crate dir -> targets
 declare -A targets=(
   [shared-proto]="frame_decode tunnel_chunks"
-  [host-broker]="policy_parse client_hello scrub"
+  [host-broker]="policy_parse client_hello scrub http_request"
 )
 order=(shared-proto host-broker)
 
@@ -52,6 +52,14 @@ for crate in "${order[@]}"; do
   for t in ${targets[$crate]}; do selected "$t" && todo+=("$t"); done
   [ "${#todo[@]}" -eq 0 ] && continue
   s=$SECONDS
+  # cargo-fuzz has no --locked: check first that the committed Cargo.lock is complete, so a
+  # fresh checkout builds exactly the locked versions (and a stale lock fails here).
+  if ! cargo metadata --locked --format-version 1 --manifest-path "$crate/fuzz/Cargo.toml" \
+      >/dev/null; then
+    echo "fuzz: $crate/fuzz/Cargo.lock is out of date: run cargo metadata --manifest-path" \
+         "$crate/fuzz/Cargo.toml --format-version 1 >/dev/null and commit the lock" >&2
+    exit 1
+  fi
   (cd "$crate" && cargo +nightly fuzz build)
   echo "fuzz: built $crate/fuzz in $((SECONDS - s))s" >&2
   for t in "${todo[@]}"; do
