@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 
 use common::*;
 use proto::*;
@@ -71,27 +70,14 @@ fn canned(path: &str) -> Vec<u8> {
 }
 
 async fn spawn_raw(tls: Arc<rustls::ServerConfig>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let Ok(mut s) = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await else {
-                    return;
-                };
-                let Some(path) = read_request_path(&mut s).await else {
-                    return;
-                };
-                let _ = s.write_all(&canned(&path)).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    addr
+    spawn_tls_listener(tls, |mut s| async move {
+        let Some(path) = read_request_path(&mut s).await else {
+            return;
+        };
+        let _ = s.write_all(&canned(&path)).await;
+        let _ = s.shutdown().await;
+    })
+    .await
 }
 
 async fn raw_world() -> Harness {

@@ -19,7 +19,6 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
 
 use common::*;
 use proto::*;
@@ -82,26 +81,13 @@ async fn answer(req: Request<Incoming>) -> Response<UpBody> {
 }
 
 async fn spawn_echoing(tls: Arc<rustls::ServerConfig>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let Ok(s) = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await else {
-                    return;
-                };
-                let svc = service_fn(|req| async { Ok::<_, Infallible>(answer(req).await) });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    spawn_tls_listener(tls, |s| async move {
+        let svc = service_fn(|req| async { Ok::<_, Infallible>(answer(req).await) });
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(s), svc)
+            .await;
+    })
+    .await
 }
 
 #[tokio::test]

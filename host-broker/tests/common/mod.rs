@@ -140,6 +140,32 @@ impl Upstream {
     }
 }
 
+/// A loopback TLS listener that hands every accepted TLS stream to `serve` on its own task
+/// (for upstreams that answer in their own way: canned bytes, a custom hyper service).
+#[allow(dead_code)] // not every test binary uses it
+pub async fn spawn_tls_listener<F, Fut>(tls: Arc<rustls::ServerConfig>, serve: F) -> SocketAddr
+where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (tls, serve) = (tls.clone(), serve.clone());
+            tokio::spawn(async move {
+                if let Ok(s) = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await {
+                    serve(s).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
 pub async fn spawn_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
