@@ -507,7 +507,11 @@ fuzz_target!(|data: &[u8]| {
             );
         }
     }
-    for form in &f.to_guest {
+    // A guest that sends a form itself (libFuzzer lifts them from the comparisons the
+    // scrubber makes) already holds those bytes: the broker echoing them back, as a
+    // refusal's reason quotes the request authority, or forwarding them reveals nothing.
+    let guest_sent = |form: &[u8]| find(data, form);
+    for form in f.to_guest.iter().filter(|form| !guest_sent(form)) {
         assert!(
             !find(&answer, form),
             "a form of the real value reached the guest: {:?}",
@@ -521,7 +525,7 @@ fuzz_target!(|data: &[u8]| {
         let mut bytes = c.bytes.lock().unwrap();
         let allowed = tls == Some(true) && sni.as_deref() == Some("api.test");
         if !allowed {
-            for form in &f.to_upstream {
+            for form in f.to_upstream.iter().filter(|form| !guest_sent(form)) {
                 assert!(
                     !find(&bytes, form),
                     "a form of the real value reached the upstream (tls: {tls:?}, sni: {sni:?}): {:?}",
@@ -530,7 +534,13 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         // Keep a value-sized tail so a value split across two inputs is still seen.
-        let keep = bytes.len().saturating_sub(REAL.len() * 2);
+        // When this input carried a form itself, nothing is kept: the next input must not
+        // be blamed for bytes this one's guest sent.
+        let keep = if f.to_upstream.iter().any(|form| guest_sent(form)) {
+            bytes.len()
+        } else {
+            bytes.len().saturating_sub(REAL.len() * 2)
+        };
         bytes.drain(..keep);
     }
     // Connections the upstream finished (only the registry holds them) are dropped.
