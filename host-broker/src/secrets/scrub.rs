@@ -179,6 +179,10 @@ pub(crate) struct Finder {
     mid: Option<GramIndex>,
     /// Patterns under 4 bytes (an automaton reporting overlapping matches) and their ids.
     short: Option<(AhoCorasick, Vec<usize>)>,
+    /// Up to [`PACKED_MAX`] patterns (a few credentials): a leftmost-longest SIMD (Teddy)
+    /// searcher, about twice the sampled grams' speed on bulk bytes. Its matches do not
+    /// overlap, so it serves only buffers where no JSON-view occurrence competes.
+    packed: Option<packed::Searcher>,
     /// Pattern ids by first byte, for the hold-back decision.
     by_first: Vec<Vec<u32>>,
     /// The bytes that occur in some pattern (a bit set).
@@ -213,11 +217,21 @@ impl Finder {
             bytes[b as usize >> 6] |= 1 << (b & 63);
         }
         let max_len = patterns.iter().map(|p| p.len()).max().unwrap_or(0);
+        let packed = (!patterns.is_empty() && patterns.len() <= PACKED_MAX)
+            .then(|| {
+                let mut b = packed::Config::new()
+                    .match_kind(packed::MatchKind::LeftmostLongest)
+                    .builder();
+                b.extend(patterns.iter().map(|p| p.as_slice()));
+                b.build()
+            })
+            .flatten();
         Ok(Finder {
             patterns,
             long,
             mid,
             short,
+            packed,
             by_first,
             bytes,
             max_len,
@@ -234,6 +248,18 @@ impl Finder {
                 out.push((m.start(), m.end(), ids[m.pattern().as_usize()]));
             }
         }
+    }
+
+    /// The leftmost-longest occurrences, none overlapping another (what the scrubber's
+    /// selection keeps from [`Finder::find`]'s when nothing else competes); `false` when
+    /// there is no packed searcher (then use [`Finder::find`]).
+    fn find_leftmost_longest(&self, hay: &[u8], out: &mut Vec<(usize, usize, usize)>) -> bool {
+        let Some(p) = &self.packed else { return false };
+        out.extend(
+            p.find_iter(hay)
+                .map(|m| (m.start(), m.end(), m.pattern().as_usize())),
+        );
+        true
     }
 
     /// Whether some pattern contains byte `b`.
@@ -409,12 +435,18 @@ impl Scrubber {
         }
         let decided = undecided.unwrap_or(len);
 
-        let mut raw = Vec::new();
-        finder.find(&buf, &mut raw);
-        let mut occ: Vec<Occ> = raw.into_iter().map(|(s, e, p)| (s, e, p, false)).collect();
+        let mut occ: Vec<Occ> = Vec::new();
         if !escapes.is_empty() {
             self.json_occurrences(&buf, &escapes, decided, &mut occ);
         }
+        // With no JSON-view occurrence, the leftmost-longest non-overlapping matches are
+        // exactly what the selection below keeps from all overlapping ones.
+        let mut raw = Vec::new();
+        if !(occ.is_empty() && finder.find_leftmost_longest(&buf, &mut raw)) {
+            raw.clear();
+            finder.find(&buf, &mut raw);
+        }
+        occ.extend(raw.into_iter().map(|(s, e, p)| (s, e, p, false)));
 
         let mut hold = len;
         if !last {
@@ -584,6 +616,9 @@ impl Scrubber {
         self.replaced
     }
 }
+
+/// The most patterns a packed (Teddy) searcher takes.
+const PACKED_MAX: usize = 64;
 
 /// From this many bytes in one push, the baseline scrubber builds its SIMD (Teddy) searcher.
 const PACKED_FROM: usize = 16 * 1024;

@@ -155,16 +155,23 @@ fn escape_some(s: &str, rng: &mut Rng) -> Vec<u8> {
 /// Bulk-sized pushes give exactly what one leftmost-longest automaton pass over the whole
 /// stream gives (no JSON escapes in the data), for values anywhere, across chunk edges,
 /// for patterns that are prefixes of each other, and for long (8-byte grams), mid (4-byte
-/// grams) and short (automaton) patterns, 150 of them.
+/// grams) and short (automaton) patterns: 150 of them (the sampled grams) and 20 (the
+/// packed searcher of a few credentials).
 #[test]
 fn bulk_chunks_scrub_like_one_automaton_pass() {
+    for count in [150, 20] {
+        bulk_chunks_like_one_pass(count);
+    }
+}
+
+fn bulk_chunks_like_one_pass(count: usize) {
     let mut owned: Vec<Vec<u8>> = vec![
         b"sk-live-secret".to_vec(),
         b"sk-live-secret-long".to_vec(),
         b"c2stbGl2ZQ".to_vec(),
         b"xyz".to_vec(),
     ];
-    for i in 0..146 {
+    for i in 0..count - 4 {
         owned.push(format!("value-{i:03}-0123456789abcdef").into_bytes());
     }
     let patterns: Vec<&[u8]> = owned.iter().map(|p| p.as_slice()).collect();
@@ -195,7 +202,7 @@ fn bulk_chunks_scrub_like_one_automaton_pass() {
     for chunk in [1000, 16 * 1024, 20_000, 64 * 1024, 65_537] {
         let cuts: Vec<usize> = (chunk..data.len()).step_by(chunk).collect();
         let (got, replaced) = chunked(&patterns, &data, &cuts);
-        assert!(got == expect, "chunk size {chunk}");
+        assert!(got == expect, "{count} patterns, chunk size {chunk}");
         assert_eq!(replaced, n);
     }
 }
