@@ -13,7 +13,9 @@
 //! The upstream answers `401` unless it receives the real value, and every response is
 //! asserted `200`: every MITM request carried the placeholder and arrived substituted.
 //! Figures are printed, never asserted. Env: `MITM_SECS` (seconds per timed row, default 2),
-//! `MITM_TUNNELS` (idle tunnels held for the RSS row, default 1000).
+//! `MITM_TUNNELS` (idle tunnels held for the RSS row, default 1000), `MITM_ROWS` (a comma list
+//! of `keepalive`, `newconn`, `bulk`, `rss`: run only those, e.g. to profile one row; default
+//! all).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -342,14 +344,31 @@ async fn fetch(c: &mut Sender, req: http::Request<Full<Bytes>>, what: &str) -> u
     n
 }
 
-/// `CONCURRENCY` keep-alive connections sending small GETs for `secs`: (req/s, p50, p99).
-async fn keep_alive(p: &Arc<Path>, up: SocketAddr, secs: Duration) -> (f64, Duration, Duration) {
+/// What one keep-alive row measured.
+struct KeepAlive {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    /// CPU time per request, microseconds: this process (client and upstream), then each
+    /// of the path's processes (the proxy).
+    cpu_us: Vec<f64>,
+}
+
+/// `CONCURRENCY` keep-alive connections sending small GETs for `secs`.
+async fn keep_alive(p: &Arc<Path>, up: SocketAddr, secs: Duration) -> KeepAlive {
     let mut clients = Vec::new();
     for _ in 0..CONCURRENCY {
         let mut c = p.client(up, "api.test").await;
         fetch(&mut c, p.request("/small", "api.test"), p.name).await;
         clients.push(c);
     }
+    let cpu = || {
+        std::iter::once(0)
+            .chain(p.pids.iter().copied())
+            .map(support::cpu_ns)
+            .collect::<Vec<_>>()
+    };
+    let cpu_before = cpu();
     let start = Instant::now();
     let tasks: Vec<_> = clients
         .into_iter()
@@ -371,8 +390,18 @@ async fn keep_alive(p: &Arc<Path>, up: SocketAddr, secs: Duration) -> (f64, Dura
         lat.extend(t.await.unwrap());
     }
     let rps = lat.len() as f64 / start.elapsed().as_secs_f64();
+    let cpu_us = cpu()
+        .iter()
+        .zip(&cpu_before)
+        .map(|(a, b)| a.saturating_sub(*b) as f64 / 1e3 / lat.len().max(1) as f64)
+        .collect();
     lat.sort();
-    (rps, pct(&lat, 0.5), pct(&lat, 0.99))
+    KeepAlive {
+        rps,
+        p50: pct(&lat, 0.5),
+        p99: pct(&lat, 0.99),
+        cpu_us,
+    }
 }
 
 /// `CONCURRENCY` loops of connect (+ CONNECT) + TLS + one GET + close, for `secs`: req/s.
@@ -526,86 +555,112 @@ fn driver() {
          connections, {:.1} s per timed row, {tunnels} idle tunnels for RSS.",
         secs.as_secs_f64()
     );
+    let wanted = std::env::var("MITM_ROWS").unwrap_or_default();
+    let want = |row: &str| wanted.is_empty() || wanted.split(',').any(|w| w.trim() == row);
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     rt.block_on(async {
-        let mut ka = Vec::new();
-        for p in &paths {
-            ka.push(keep_alive(p, up, secs).await);
-        }
-        let base = ka[0].0;
-        rows.push((
-            format!("keep-alive small GETs (c={CONCURRENCY}), req/s"),
-            ka.iter()
-                .map(|r| format!("{:.0} {}", r.0, ratio(r.0, base)))
-                .collect(),
-        ));
-        rows.push((
-            "  p50 / p99, ms".into(),
-            ka.iter()
-                .map(|r| {
-                    format!(
-                        "{:.2} / {:.2}",
-                        r.1.as_secs_f64() * 1e3,
-                        r.2.as_secs_f64() * 1e3
-                    )
-                })
-                .collect(),
-        ));
-        let mut nc = Vec::new();
-        for p in &paths {
-            nc.push(new_conns(p, up, secs).await);
-        }
-        rows.push((
-            format!("new connection per request (c={CONCURRENCY}), req/s"),
-            nc.iter()
-                .map(|r| format!("{r:.0} {}", ratio(*r, nc[0])))
-                .collect(),
-        ));
-        for (label, host) in [
-            (
-                "100 MiB download, MiB/s (credential host: scrub on)",
-                "api.test",
-            ),
-            (
-                "100 MiB download, MiB/s (host without credentials)",
-                "plain.test",
-            ),
-        ] {
-            let mut b = Vec::new();
+        if want("keepalive") {
+            let mut ka = Vec::new();
             for p in &paths {
-                b.push(bulk(p, up, host).await);
+                ka.push(keep_alive(p, up, secs).await);
             }
+            let base = ka[0].rps;
             rows.push((
-                label.into(),
-                b.iter()
-                    .map(|r| format!("{r:.0} {}", ratio(*r, b[0])))
+                format!("keep-alive small GETs (c={CONCURRENCY}), req/s"),
+                ka.iter()
+                    .map(|r| format!("{:.0} {}", r.rps, ratio(r.rps, base)))
+                    .collect(),
+            ));
+            rows.push((
+                "  p50 / p99, ms".into(),
+                ka.iter()
+                    .map(|r| {
+                        format!(
+                            "{:.2} / {:.2}",
+                            r.p50.as_secs_f64() * 1e3,
+                            r.p99.as_secs_f64() * 1e3
+                        )
+                    })
+                    .collect(),
+            ));
+            // Where a request's CPU goes: with every process on 2 shared cores, the rate is
+            // about cores / (sum of these), so a proxy's own cost decides its ratio.
+            rows.push((
+                "  CPU us/request: client+upstream; proxy".into(),
+                ka.iter()
+                    .map(|r| {
+                        let proxy: Vec<String> =
+                            r.cpu_us[1..].iter().map(|v| format!("{v:.0}")).collect();
+                        if proxy.is_empty() {
+                            format!("{:.0}", r.cpu_us[0])
+                        } else {
+                            format!("{:.0}; {}", r.cpu_us[0], proxy.join("+"))
+                        }
+                    })
                     .collect(),
             ));
         }
-        let mut mem = Vec::new();
-        for p in &paths {
-            let mut held_rss = Vec::new();
-            let per_tunnel = rss_per_tunnel(p, up, tunnels, &mut held_rss).await;
-            if p.pids.last() == Some(&agent.pid()) {
-                agent_held_kib = held_rss.last().copied().unwrap_or(0);
+        if want("newconn") {
+            let mut nc = Vec::new();
+            for p in &paths {
+                nc.push(new_conns(p, up, secs).await);
             }
-            mem.push(match per_tunnel {
-                Some(k) if k.len() == 1 => format!("{:.1}", k[0]),
-                Some(k) => format!(
-                    "{:.1} ({})",
-                    k.iter().sum::<f64>(),
-                    k.iter()
-                        .map(|v| format!("{v:.0}"))
-                        .collect::<Vec<_>>()
-                        .join("+")
-                ),
-                None => "-".into(),
-            });
+            rows.push((
+                format!("new connection per request (c={CONCURRENCY}), req/s"),
+                nc.iter()
+                    .map(|r| format!("{r:.0} {}", ratio(*r, nc[0])))
+                    .collect(),
+            ));
         }
-        rows.push((
-            format!("RSS per idle tunnel ({tunnels} held), KiB (broker+agent)"),
-            mem,
-        ));
+        if want("bulk") {
+            for (label, host) in [
+                (
+                    "100 MiB download, MiB/s (credential host: scrub on)",
+                    "api.test",
+                ),
+                (
+                    "100 MiB download, MiB/s (host without credentials)",
+                    "plain.test",
+                ),
+            ] {
+                let mut b = Vec::new();
+                for p in &paths {
+                    b.push(bulk(p, up, host).await);
+                }
+                rows.push((
+                    label.into(),
+                    b.iter()
+                        .map(|r| format!("{r:.0} {}", ratio(*r, b[0])))
+                        .collect(),
+                ));
+            }
+        }
+        if want("rss") {
+            let mut mem = Vec::new();
+            for p in &paths {
+                let mut held_rss = Vec::new();
+                let per_tunnel = rss_per_tunnel(p, up, tunnels, &mut held_rss).await;
+                if p.pids.last() == Some(&agent.pid()) {
+                    agent_held_kib = held_rss.last().copied().unwrap_or(0);
+                }
+                mem.push(match per_tunnel {
+                    Some(k) if k.len() == 1 => format!("{:.1}", k[0]),
+                    Some(k) => format!(
+                        "{:.1} ({})",
+                        k.iter().sum::<f64>(),
+                        k.iter()
+                            .map(|v| format!("{v:.0}"))
+                            .collect::<Vec<_>>()
+                            .join("+")
+                    ),
+                    None => "-".into(),
+                });
+            }
+            rows.push((
+                format!("RSS per idle tunnel ({tunnels} held), KiB (broker+agent)"),
+                mem,
+            ));
+        }
     });
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     print!("{:<w$}", "");

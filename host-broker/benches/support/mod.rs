@@ -162,6 +162,24 @@ impl Drop for ChildRole {
 }
 
 /// Resident set size of `pid` in KiB (`VmRSS`).
+/// Nanoseconds process `pid` (0: this process) has run on a CPU, all threads summed (from
+/// `/proc/<pid>/task/*/schedstat`); 0 when it cannot be read.
+pub fn cpu_ns(pid: u32) -> u64 {
+    let dir = if pid == 0 {
+        "/proc/self/task".to_string()
+    } else {
+        format!("/proc/{pid}/task")
+    };
+    let Ok(tasks) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 pub fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
