@@ -96,7 +96,7 @@ pub async fn relay(mut tcp: TcpStream, broker: Arc<Endpoint>) {
         return;
     }
     let mut tunnel = TunnelStream::new(stream);
-    match tokio::io::copy_bidirectional(&mut tcp, &mut tunnel).await {
+    match shared_proto::relay::copy_bidirectional(&mut tcp, &mut tunnel).await {
         Ok((up, down)) => debug!(up, down, "connection closed"),
         Err(e) => debug!("connection ended: {e}"),
     }

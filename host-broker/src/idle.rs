@@ -152,7 +152,7 @@ where
 {
     let (mut guest, counts) = Activity::new(guest);
     let idled = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut guest, up) => {
+        r = shared_proto::relay::copy_bidirectional(&mut guest, up) => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "relay ended with an error");
             }

@@ -24,6 +24,7 @@ mod codec;
 mod error;
 mod messages;
 pub mod negotiate;
+pub mod relay;
 pub mod tunnel;
 
 pub use codec::{

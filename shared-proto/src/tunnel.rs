@@ -45,6 +45,9 @@ pub struct TunnelStream<S> {
     /// Payload bytes of the current DATA chunk not yet handed to the reader.
     r_remaining: usize,
     r_eof: bool,
+    /// A transport error met after bytes were already handed to the reader in the same
+    /// call: reported by the next read.
+    r_err: Option<io::Error>,
     /// Encoded chunks waiting to be written to `inner`.
     wbuf: Vec<u8>,
     wpos: usize,
@@ -66,6 +69,7 @@ impl<S> TunnelStream<S> {
             rpos: 0,
             r_remaining: 0,
             r_eof: false,
+            r_err: None,
             wbuf: Vec::new(),
             wpos: 0,
             w_eof_sent: false,
@@ -164,6 +168,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for TunnelStream<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(e) = this.r_err.take() {
+            return Poll::Ready(Err(e));
+        }
         loop {
             if this.r_eof || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
@@ -176,6 +183,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for TunnelStream<S> {
                 buf.put_slice(&this.buffered()[..n]);
                 this.consume(n);
                 this.r_remaining -= n;
+                // The rest of the chunk, if already there, in the same call: a bulk reader
+                // then gets a chunk per read instead of the buffered head and then the rest.
+                if this.r_remaining > 0 && buf.remaining() > 0 && this.buffered().is_empty() {
+                    if let Poll::Ready(Err(e)) = this.poll_payload_direct(cx, buf) {
+                        this.r_err = Some(e);
+                    }
+                }
                 return Poll::Ready(Ok(()));
             }
             if this.r_remaining > 0 {
@@ -230,9 +244,20 @@ impl<S: AsyncWrite + Unpin> TunnelStream<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for TunnelStream<S> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    /// Every buffer, up to [`MAX_CHUNK`] bytes in all, goes into one DATA chunk: a TLS
+    /// writer hands over several records at once, and each would otherwise be its own chunk
+    /// and its own syscall.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.w_eof_sent {
@@ -242,18 +267,31 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TunnelStream<S> {
             )));
         }
         ready!(this.poll_drain(cx))?;
-        if buf.is_empty() {
+        let total = bufs.iter().map(|b| b.len()).sum::<usize>().min(MAX_CHUNK);
+        if total == 0 {
             return Poll::Ready(Ok(0));
         }
-        let n = buf.len().min(MAX_CHUNK);
+        this.wbuf.reserve(CHUNK_HEADER_LEN + total);
         this.wbuf.push(TAG_DATA);
-        this.wbuf.extend_from_slice(&(n as u32).to_be_bytes());
-        this.wbuf.extend_from_slice(&buf[..n]);
+        this.wbuf.extend_from_slice(&(total as u32).to_be_bytes());
+        let mut left = total;
+        for b in bufs {
+            let n = b.len().min(left);
+            this.wbuf.extend_from_slice(&b[..n]);
+            left -= n;
+            if left == 0 {
+                break;
+            }
+        }
         // Best effort: push the chunk out now; what is left goes on the next write or flush.
         if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
             return Poll::Ready(Err(e));
         }
-        Poll::Ready(Ok(n))
+        Poll::Ready(Ok(total))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -436,5 +474,59 @@ mod tests {
         let mut got = Vec::new();
         s.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"hi");
+    }
+
+    #[tokio::test]
+    async fn a_vectored_write_is_one_chunk() {
+        let mut out = Vec::new();
+        let mut w = TunnelStream::new(&mut out);
+        assert!(w.is_write_vectored());
+        let n = w
+            .write_vectored(&[
+                io::IoSlice::new(b"ab"),
+                io::IoSlice::new(b""),
+                io::IoSlice::new(b"cde"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(n, 5);
+        w.flush().await.unwrap();
+        drop(w);
+        assert_eq!(out, [0u8, 0, 0, 0, 5, b'a', b'b', b'c', b'd', b'e']);
+        // More than a chunk: the first MAX_CHUNK bytes go, the caller writes the rest.
+        let big = vec![7u8; MAX_CHUNK];
+        let mut out = Vec::new();
+        let mut w = TunnelStream::new(&mut out);
+        let n = w
+            .write_vectored(&[io::IoSlice::new(b"x"), io::IoSlice::new(&big)])
+            .await
+            .unwrap();
+        assert_eq!(n, MAX_CHUNK);
+        w.flush().await.unwrap();
+        drop(w);
+        assert_eq!(out.len(), CHUNK_HEADER_LEN + MAX_CHUNK);
+        assert_eq!(out[CHUNK_HEADER_LEN], b'x');
+    }
+
+    #[tokio::test]
+    async fn a_bulk_read_gets_a_whole_chunk_when_it_is_there() {
+        let mut raw = vec![0u8, 0, 1, 0, 0];
+        raw.extend(std::iter::repeat_n(9u8, 65_536));
+        let mut s = TunnelStream::new(&raw[..]);
+        let mut buf = vec![0u8; 65_536];
+        let n = s.read(&mut buf).await.unwrap();
+        assert_eq!(n, 65_536, "the buffered head and the rest in one read");
+    }
+
+    #[tokio::test]
+    async fn an_error_after_the_buffered_head_comes_with_the_next_read() {
+        // A chunk announcing 10,000 bytes; the transport ends after 100 of them.
+        let mut raw = vec![0u8, 0, 0, 0x27, 0x10];
+        raw.extend(std::iter::repeat_n(1u8, 100));
+        let mut s = TunnelStream::new(&raw[..]);
+        let mut buf = vec![0u8; 20_000];
+        assert_eq!(s.read(&mut buf).await.unwrap(), 100);
+        let e = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

@@ -68,7 +68,7 @@ where
         Err(e) => return Err(std::io::Error::other(e)),
     }
     let mut tunnel = TunnelStream::new(stream);
-    let (up, down) = tokio::io::copy_bidirectional(&mut guest, &mut tunnel).await?;
+    let (up, down) = shared_proto::relay::copy_bidirectional(&mut guest, &mut tunnel).await?;
     debug!(up, down, "{what}: closed");
     Ok(())
 }
