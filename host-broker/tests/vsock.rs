@@ -1,8 +1,9 @@
 //! Kernel AF_VSOCK transport. Needs vsock loopback in the kernel (`vsock_loopback`: a stream
 //! to CID 1 comes back with peer CID 1), which these CI machines (themselves Firecracker
-//! guests) do not have, so it is `#[ignore]`d: the runner reports it as ignored, not passed.
-//! Run it with `cargo test -p host-broker --test vsock -- --ignored` where the module exists;
-//! there a missing loopback is a failure.
+//! guests) do not have, so it is `#[ignore]`d here: the runner reports it as ignored, not
+//! passed. CI runs this very binary inside a VM whose kernel loads `vsock_loopback`
+//! (`tests/tests/vm_vsock.rs`). By hand: `cargo test -p host-broker --test vsock -- --ignored`
+//! where the module exists; there a missing loopback is a failure.
 
 mod common;
 

@@ -9,6 +9,8 @@
 //! - `SLUICE_E2E_GUEST_DIR`: the `tests/guest` directory (workload scripts, units, sources);
 //! - `SLUICE_E2E_GOGET`: a prebuilt static Go client (otherwise built with `go build`);
 //! - `SLUICE_E2E_KERNEL_ARGS`: extra guest kernel arguments appended to every VM's cmdline;
+//! - `SLUICE_E2E_VSOCK_TEST`: the prebuilt `host-broker/tests/vsock.rs` test binary (run
+//!   inside a guest whose kernel has vsock loopback; otherwise cargo builds it);
 //! - `SLUICE_CACHE_DIR`: kernel, modules and rootfs (as for bootstrap.sh).
 
 use std::path::{Path, PathBuf};
@@ -131,6 +133,48 @@ fn build_go_client() -> Result<PathBuf, HarnessError> {
         return Err(HarnessError::Build(format!("go build goget: {status}")));
     }
     Ok(out)
+}
+
+/// The test binary of `host-broker/tests/vsock.rs` (the kernel AF_VSOCK transport), or
+/// `SLUICE_E2E_VSOCK_TEST`. Built with the same `cargo test --workspace` selection that runs
+/// the e2e tests, so under test-all.sh it is already fresh; glibc-linked, it runs on the
+/// Debian root (same release as the build host).
+pub fn vsock_test_binary() -> Result<PathBuf, HarnessError> {
+    if let Some(p) = override_file("SLUICE_E2E_VSOCK_TEST")? {
+        return Ok(p);
+    }
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_test_binary("vsock").map_err(|e| e.to_string()))
+        .clone()
+        .map_err(HarnessError::Build)
+}
+
+/// `cargo test --workspace --no-run --test <name>`, and the executable it reports.
+fn build_test_binary(name: &str) -> Result<PathBuf, HarnessError> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(&cargo)
+        .current_dir(workspace_root())
+        .args(["test", "--workspace", "--no-run", "--test", name])
+        .args(["--message-format", "json-render-diagnostics"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| HarnessError::Spawn {
+            what: format!("cargo test --no-run --test {name}"),
+            source: e,
+        })?;
+    if !out.status.success() {
+        return Err(HarnessError::Build(format!(
+            "cargo test --no-run --test {name}: {}",
+            out.status
+        )));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| HarnessError::Build(format!("cargo reported no executable for test {name}")))
 }
 
 impl Artifacts {

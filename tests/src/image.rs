@@ -17,6 +17,8 @@ pub const ROOT_MODULES: &[&str] = &["virtio_blk", "ext4"];
 pub struct InitrdSpec {
     files: Vec<(FileSrc, String, u32)>,
     with_root: bool,
+    /// Modules beyond [`BASE_MODULES`] (and [`ROOT_MODULES`]), loaded after them.
+    modules: Vec<&'static str>,
 }
 
 #[derive(Debug)]
@@ -33,6 +35,12 @@ impl InitrdSpec {
     /// Include virtio_blk and ext4 (for a `sluice.root` disk).
     pub fn with_root(mut self) -> Self {
         self.with_root = true;
+        self
+    }
+
+    /// Also loads the kernel modules `names` (and their dependencies) at boot.
+    pub fn modules(mut self, names: &[&'static str]) -> Self {
+        self.modules.extend_from_slice(names);
         self
     }
 
@@ -59,6 +67,7 @@ impl InitrdSpec {
         if self.with_root {
             names.extend_from_slice(ROOT_MODULES);
         }
+        names.extend_from_slice(&self.modules);
         let mut b = initrd::InitrdBuilder::new(&artifacts.agent)
             .kernel_modules(&artifacts.modules_dir, &names);
         for (src, dest, mode) in self.files {
