@@ -249,13 +249,23 @@ async fn busy_rows(broker: &host_broker::Broker, t: &Topology, reps: usize) {
     }
 }
 
-/// A runtime with `workers` threads for one side of the bench (kept alive by the caller).
-fn side_runtime(workers: usize) -> tokio::runtime::Runtime {
+/// A runtime with `workers` threads for one side of the bench (kept alive by the caller),
+/// every thread of it on `cpu` when one is given.
+fn side_runtime(workers: usize, cpu: Option<usize>) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
+        .on_thread_start(move || pin_to(cpu))
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// Pins the calling thread to `cpu` (nothing when `None`).
+fn pin_to(cpu: Option<usize>) {
+    let Some(cpu) = cpu else { return };
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).expect("cpu index in range");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("sched_setaffinity");
 }
 
 fn main() {
@@ -265,11 +275,27 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // FLOOD_PIN=1: the broker's runtime (one worker) on CPU 0, both guest sides and their
+    // upstreams on CPU 1, so the broker's CPU is what vm1 saturates and the OS does not
+    // share it with the bench's clients.
+    let pinned = std::env::var("FLOOD_PIN").is_ok_and(|v| v == "1");
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let (broker_cpu, side_cpu) = if pinned {
+        (Some(0), Some(1))
+    } else {
+        (None, None)
+    };
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if pinned {
+        b.worker_threads(1);
+    }
+    let rt = b
+        .on_thread_start(move || pin_to(broker_cpu))
         .enable_all()
         .build()
         .unwrap();
-    let (flood_side, probe_side) = (side_runtime(2), side_runtime(1));
+    pin_to(broker_cpu);
+    let (flood_side, probe_side) = (side_runtime(2, side_cpu), side_runtime(1, side_cpu));
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let pki = make_pki(dir.path(), "flood", &["api.test"]);
@@ -322,11 +348,17 @@ fn main() {
         let (proxy2, ca2) = proxies[0].clone();
 
         println!(
-            "host-broker flood bench (loopback, {} cores): vm2 latency, {REQUESTS} sequential \
-             intercepted GETs on one connection",
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0)
+            "host-broker flood bench (loopback, {} cores{}): vm2 latency, {REQUESTS} sequential \
+             intercepted GETs on one connection; loadavg {}",
+            cores,
+            if pinned {
+                ", FLOOD_PIN=1: broker on CPU 0 (1 worker), guests and upstreams on CPU 1"
+            } else {
+                ""
+            },
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
         );
         let here = tokio::runtime::Handle::current();
         busy_rows(

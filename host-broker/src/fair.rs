@@ -123,12 +123,16 @@ impl Scheduler {
         })
     }
 
-    /// A scheduler sized for the current machine (`available_parallelism` workers, tokio's
-    /// default for a multi-thread runtime).
+    /// A scheduler sized for the runtime the broker starts on (its worker count; outside a
+    /// runtime, `available_parallelism`, tokio's default for a multi-thread runtime): the
+    /// shares must add up to the CPU the broker's tasks really get.
     /// Off until enabled: benches/flood.rs has not shown a reproducible gain yet
     /// (host-broker/README.md "Benchmark").
     pub fn for_host() -> Arc<Scheduler> {
-        let s = Self::new(std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let workers = tokio::runtime::Handle::try_current()
+            .map(|h| h.metrics().num_workers())
+            .unwrap_or_else(|_| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let s = Self::new(workers);
         s.set_enabled(false);
         s
     }
@@ -438,6 +442,32 @@ mod tests {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// The shares add up to the CPU of the runtime the broker runs on, not the machine's:
+    /// sized from the machine, a broker on a one-worker runtime of a 2-core host gave each of
+    /// two VMs a whole worker's window as its share, so neither could ever be over it.
+    #[test]
+    fn a_scheduler_is_sized_for_the_runtime_it_starts_on() {
+        for workers in [1, 3] {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .build()
+                .unwrap();
+            let s = rt.block_on(async { Scheduler::for_host() });
+            assert_eq!(
+                s.capacity_ns,
+                WINDOW_NS * workers as u64,
+                "{workers} workers"
+            );
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(
+            rt.block_on(async { Scheduler::for_host() }).capacity_ns,
+            WINDOW_NS
+        );
     }
 
     fn manual(workers: usize) -> (Arc<Scheduler>, Arc<AtomicU64>) {
