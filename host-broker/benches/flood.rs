@@ -97,12 +97,35 @@ fn busy_on(
     stop: Arc<AtomicBool>,
     counts: Arc<[AtomicU64; 3]>,
 ) {
+    // FLOOD_BODY=n: each flood request is a POST of n bytes, which the broker buffers and
+    // scans for placeholders in every decoded form (cheap to send, costly to inspect).
+    let body_len: usize = std::env::var("FLOOD_BODY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let body = bytes::Bytes::from(
+        b"{\"q\": \"a%20b\\u0041c\"}, "
+            .iter()
+            .copied()
+            .cycle()
+            .take(body_len)
+            .collect::<Vec<u8>>(),
+    );
     for _ in 0..BUSY_CONNS {
-        let (ca, stop, counts) = (ca.to_owned(), stop.clone(), counts.clone());
+        let (ca, stop, counts, body) = (ca.to_owned(), stop.clone(), counts.clone(), body.clone());
         rt.spawn(async move {
             let mut c = client(proxy, &ca).await;
             while !stop.load(Ordering::Relaxed) {
-                get(&mut c, "/small", HEADERS).await;
+                if body.is_empty() {
+                    get(&mut c, "/small", HEADERS).await;
+                } else {
+                    let mut req = hyper::Request::post("/small");
+                    for (n, v) in HEADERS {
+                        req = req.header(*n, *v);
+                    }
+                    let req = req.body(http_body_util::Full::new(body.clone())).unwrap();
+                    send(&mut c, req).await;
+                }
                 counts[0].fetch_add(1, Ordering::Relaxed);
             }
         });
@@ -289,6 +312,13 @@ fn main() {
     if pinned {
         b.worker_threads(1);
     }
+    // The daemon's default (serve config `event_interval`, tokio's 61); FLOOD_EVENT_INTERVAL
+    // sets another value (2 halves vm2's p50 under the 8 KiB POST flood, README).
+    let event_interval = std::env::var("FLOOD_EVENT_INTERVAL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(host_broker::config::DEFAULT_EVENT_INTERVAL);
+    b.event_interval(event_interval);
     let rt = b
         .on_thread_start(move || pin_to(broker_cpu))
         .enable_all()
@@ -349,13 +379,15 @@ fn main() {
 
         println!(
             "host-broker flood bench (loopback, {} cores{}): vm2 latency, {REQUESTS} sequential \
-             intercepted GETs on one connection; loadavg {}",
+             intercepted GETs on one connection; broker event_interval {event_interval}; flood \
+             body {} bytes; loadavg {}",
             cores,
             if pinned {
                 ", FLOOD_PIN=1: broker on CPU 0 (1 worker), guests and upstreams on CPU 1"
             } else {
                 ""
             },
+            std::env::var("FLOOD_BODY").unwrap_or_else(|_| "0".into()),
             std::fs::read_to_string("/proc/loadavg")
                 .unwrap_or_default()
                 .trim()

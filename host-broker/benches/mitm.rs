@@ -247,7 +247,18 @@ fn role_broker() {
         .with_ansi(false)
         .with_writer(writer)
         .init();
-    multi_thread().block_on(async move {
+    // The daemon's default runtime (serve config `event_interval`); MITM_EVENT_INTERVAL sets
+    // another value to compare.
+    let event_interval = std::env::var("MITM_EVENT_INTERVAL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(host_broker::config::DEFAULT_EVENT_INTERVAL);
+    tokio::runtime::Builder::new_multi_thread()
+        .event_interval(event_interval)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
         let policy = format!(
             r#"{{"egress": {{"default": "deny", "allow": [{{"hosts": ["api.test", "plain.test"]}}, {{"cidrs": ["127.0.0.1/32"]}}]}},
                 "max_connections": 4096,

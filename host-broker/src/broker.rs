@@ -645,12 +645,12 @@ impl Broker {
         self.read_vms().get(id).and_then(|r| r.socket.clone())
     }
 
-    /// Turns per-VM CPU fairness on or off (the default: opt-in until benches/flood.rs shows
-    /// a reproducible gain), for streams accepted from now on.
+    /// Turns per-VM CPU fairness on or off (off by default: benches/flood.rs shows a gain
+    /// only with a runtime `event_interval` of 2, host-broker/README.md "Benchmark"), for
+    /// streams accepted from now on; the daemon's `fair_scheduling` setting.
     /// On, a VM using more than its share of the broker's CPU has its work deferred while
     /// another VM has work to run (docs/architecture.md, "CPU fairness"); off, tasks run in
-    /// tokio's first-in, first-out order whatever VM they serve. Off is for measuring
-    /// (benches/flood.rs) and as an escape hatch.
+    /// tokio's first-in, first-out order whatever VM they serve.
     pub fn set_fair_scheduling(&self, on: bool) {
         self.inner.shared.fair.set_enabled(on);
     }

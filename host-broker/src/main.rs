@@ -182,7 +182,13 @@ fn main() -> std::process::ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    runtime_with(host_broker::config::DEFAULT_EVENT_INTERVAL)
+}
+
+/// The multi-thread runtime with `event_interval` task polls between I/O driver polls.
+fn runtime_with(event_interval: u32) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .event_interval(event_interval)
         .enable_all()
         .build()
         .context("starting the tokio runtime")
@@ -207,7 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(socket) = cli.socket {
                 cfg.control.socket = socket;
             }
-            runtime()?.block_on(cli::serve::serve(cfg))
+            runtime_with(cfg.runtime.event_interval)?.block_on(cli::serve::serve(cfg))
         }
         Command::Vm(c) => runtime()?.block_on(cli::commands::vm(&client_socket, c)),
         Command::Credentials(c) => {

@@ -12,6 +12,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let broker = Arc::new(Broker::start(cfg.broker).await?);
+    broker.set_fair_scheduling(cfg.runtime.fair_scheduling);
     for vm in cfg.vms {
         let id = vm.id.clone();
         broker

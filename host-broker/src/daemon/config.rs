@@ -9,6 +9,8 @@
 //! metrics_listen = "127.0.0.1:9464" # optional: also serve /metrics over TCP
 //! listener_mode = "0660"            # optional: mode of every VM's `<socket>_<port>` listener
 //! listener_group = "kvm"            # optional: its group (name or gid), e.g. the VMM's
+//! event_interval = 61               # optional: task polls between I/O driver polls
+//! fair_scheduling = false           # optional: per-VM CPU fairness (fair.rs)
 //!
 //! [[vms]]
 //! id = "vm1"
@@ -55,8 +57,26 @@ struct RawConfig {
     metrics_listen: Option<std::net::SocketAddr>,
     listener_mode: Option<String>,
     listener_group: Option<String>,
+    event_interval: Option<u32>,
+    #[serde(default)]
+    fair_scheduling: bool,
     #[serde(default)]
     vms: Vec<RawVm>,
+}
+
+/// tokio's own `event_interval` (the default here too).
+pub const DEFAULT_EVENT_INTERVAL: u32 = 61;
+
+/// How the daemon runs its tasks (docs/operations.md, "Sharing the broker between VMs").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Task polls between two polls of the runtime's I/O driver
+    /// (`tokio::runtime::Builder::event_interval`). While one VM keeps every worker busy, a
+    /// second VM's readiness is only seen at the next driver poll: lower values cut its
+    /// latency under such a flood and cost a single VM some throughput and p99.
+    pub event_interval: u32,
+    /// Per-VM CPU fairness (`Broker::set_fair_scheduling`).
+    pub fair_scheduling: bool,
 }
 
 /// Where the control API listens by default.
@@ -88,6 +108,7 @@ struct RawVm {
 pub struct ServeConfig {
     pub broker: BrokerConfig,
     pub control: ControlConfig,
+    pub runtime: RuntimeConfig,
     /// VMs declared in the file (not persisted: the file is their source of truth).
     pub vms: Vec<VmSpec>,
 }
@@ -122,6 +143,10 @@ impl ServeConfig {
         let vsock_port = raw.vsock_port.unwrap_or(shared_proto::DEFAULT_VSOCK_PORT);
         if vsock_port == 0 {
             return Err(field("vsock_port".into(), "must be 1..=4294967295"));
+        }
+        let event_interval = raw.event_interval.unwrap_or(DEFAULT_EVENT_INTERVAL);
+        if event_interval == 0 {
+            return Err(field("event_interval".into(), "must be at least 1"));
         }
         let listener_access = crate::SocketAccess {
             mode: match raw.listener_mode.as_deref() {
@@ -200,6 +225,10 @@ impl ServeConfig {
                 upstream_extra_roots: raw.upstream_extra_roots.into_iter().map(abs).collect(),
                 listener_access,
             },
+            runtime: RuntimeConfig {
+                event_interval,
+                fair_scheduling: raw.fair_scheduling,
+            },
             vms,
         })
     }
@@ -226,6 +255,25 @@ fn resolve_group(g: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_settings_default_to_tokios_and_are_checked() {
+        let d = parse("state_dir = \"/s\"").unwrap();
+        assert_eq!(
+            d.runtime,
+            RuntimeConfig {
+                event_interval: 61,
+                fair_scheduling: false
+            }
+        );
+        let c = parse("state_dir = \"/s\"\nevent_interval = 2\nfair_scheduling = true").unwrap();
+        assert_eq!(c.runtime.event_interval, 2);
+        assert!(c.runtime.fair_scheduling);
+        let e = parse("state_dir = \"/s\"\nevent_interval = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("event_interval: must be at least 1"), "{e}");
+    }
 
     #[test]
     fn listener_mode_and_group_parsed_and_checked() {
