@@ -222,7 +222,6 @@ async fn under(vm1: &Harness, name: &str, proxy2: std::net::SocketAddr, ca2: &st
 
 /// Where each side of a busy-flood measurement runs.
 struct Topology {
-    name: &'static str,
     /// vm1's guest side and the proxy address its clients use.
     flood_rt: tokio::runtime::Handle,
     flood_proxy: std::net::SocketAddr,
@@ -233,11 +232,10 @@ struct Topology {
     probe_ca: String,
 }
 
-/// One row per fairness setting (off, on; `reps` times, alternating): vm2 alone, vm2 under
-/// vm1's busy flood, vm1's rate.
-async fn busy_rows(broker: &host_broker::Broker, t: &Topology, reps: usize) {
-    println!("  [{}]", t.name);
-    for on in (0..reps).flat_map(|_| [false, true]) {
+/// One row per `(label, topology, fairness)` setting, `reps` times, alternating: vm2 alone,
+/// vm2 under vm1's busy flood, vm1's rate.
+async fn busy_rows(broker: &host_broker::Broker, rows: &[(&str, &Topology, bool)], reps: usize) {
+    for (name, t, on) in (0..reps).flat_map(|_| rows.iter().copied()) {
         broker.set_fair_scheduling(on);
         let base = measure_on(&t.probe_rt, t.probe_proxy, &t.probe_ca).await;
         let stop = Arc::new(AtomicBool::new(false));
@@ -258,7 +256,7 @@ async fn busy_rows(broker: &host_broker::Broker, t: &Topology, reps: usize) {
         stop.store(true, Ordering::Relaxed);
         let fair = if on { "fair on " } else { "fair off" };
         println!(
-            "  {fair} vm2 alone        p50 {:>10?} p99 {:>10?} | busy flood p50 {:>10?} ({:>5.2}x) \
+            "  {name:<8} {fair} vm2 alone p50 {:>10?} p99 {:>10?} | busy flood p50 {:>10?} ({:>5.2}x) \
              p99 {:>10?} ({:>5.2}x) | vm1 {rate:>6.0} req/s",
             base.0,
             base.1,
@@ -348,13 +346,19 @@ fn main() {
             vec![pki.ca_path.clone()],
         )
         .await;
-        // vm2 on the same broker; vm3 and vm4 are vm1 and vm2 of the split topology.
+        // vm2 on the same broker; vm3 and vm4 are vm1 and vm2 of the split topology with
+        // every VM on the broker's runtime (`VmPlacement::Shared`), vm5 and vm6 the same with
+        // each VM on a thread of its own (the default, as vm1 and vm2).
         let mut proxies = Vec::new();
-        for (id, addr, limit) in [
-            ("vm2", up.addr, 256),
-            ("vm3", up_flood, 32),
-            ("vm4", up_probe, 256),
+        let threads = host_broker::VmPlacement::OwnThread { event_interval };
+        for (id, addr, limit, placement) in [
+            ("vm2", up.addr, 256, threads),
+            ("vm3", up_flood, 32, host_broker::VmPlacement::Shared),
+            ("vm4", up_probe, 256, host_broker::VmPlacement::Shared),
+            ("vm5", up_flood, 32, threads),
+            ("vm6", up_probe, 256, threads),
         ] {
+            vm1.broker.set_vm_placement(placement);
             let sock = vm1.dir.path().join(format!("{id}.vsock"));
             vm1.broker
                 .register_vm_with_env(
@@ -370,7 +374,7 @@ fn main() {
             let listen = vm1.dir.path().join(format!("{id}.vsock_7070"));
             let proxy = match id {
                 "vm2" => spawn_bridge(listen).await,
-                "vm3" => flood_side.spawn(spawn_bridge(listen)).await.unwrap(),
+                "vm3" | "vm5" => flood_side.spawn(spawn_bridge(listen)).await.unwrap(),
                 _ => probe_side.spawn(spawn_bridge(listen)).await.unwrap(),
             };
             proxies.push((proxy, vm1.broker.ca_pem(id).unwrap()));
@@ -393,31 +397,46 @@ fn main() {
                 .trim()
         );
         let here = tokio::runtime::Handle::current();
+        let split = |flood: usize, probe: usize| Topology {
+            flood_rt: flood_side.handle().clone(),
+            flood_proxy: proxies[flood].0,
+            flood_ca: proxies[flood].1.clone(),
+            probe_rt: probe_side.handle().clone(),
+            probe_proxy: proxies[probe].0,
+            probe_ca: proxies[probe].1.clone(),
+        };
+        let (on_runtime, own_threads) = (split(1, 2), split(3, 4));
+        println!(
+            "  [split: each VM's guest side and upstream on runtimes of their own; \
+             'runtime': every VM on the broker's runtime, 'threads': each VM on its own thread]"
+        );
         busy_rows(
             &vm1.broker,
-            &Topology {
-                name: "split: each VM's guest side and upstream on runtimes of their own",
-                flood_rt: flood_side.handle().clone(),
-                flood_proxy: proxies[1].0,
-                flood_ca: proxies[1].1.clone(),
-                probe_rt: probe_side.handle().clone(),
-                probe_proxy: proxies[2].0,
-                probe_ca: proxies[2].1.clone(),
-            },
+            &[
+                ("runtime", &on_runtime, false),
+                ("runtime", &on_runtime, true),
+                ("threads", &own_threads, false),
+            ],
             reps,
         )
         .await;
+        println!(
+            "  [shared: guests and upstream on the broker's runtime, each VM on its own thread]"
+        );
         busy_rows(
             &vm1.broker,
-            &Topology {
-                name: "shared: guests, upstream and broker on one runtime",
-                flood_rt: here.clone(),
-                flood_proxy: vm1.proxy,
-                flood_ca: vm1.vm_ca_pem.clone(),
-                probe_rt: here.clone(),
-                probe_proxy: proxy2,
-                probe_ca: ca2.clone(),
-            },
+            &[(
+                "threads",
+                &Topology {
+                    flood_rt: here.clone(),
+                    flood_proxy: vm1.proxy,
+                    flood_ca: vm1.vm_ca_pem.clone(),
+                    probe_rt: here.clone(),
+                    probe_proxy: proxy2,
+                    probe_ca: ca2.clone(),
+                },
+                false,
+            )],
             1,
         )
         .await;

@@ -15,7 +15,8 @@
 //! Figures are printed, never asserted. Env: `MITM_SECS` (seconds per timed row, default 2),
 //! `MITM_TUNNELS` (idle tunnels held for the RSS row, default 1000), `MITM_ROWS` (a comma list
 //! of `keepalive`, `newconn`, `bulk`, `rss`: run only those, e.g. to profile one row; default
-//! all).
+//! all), `MITM_VM_THREADS=0` (the broker serves the VM on its own runtime instead of a VM
+//! thread).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -253,8 +254,14 @@ fn role_broker() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(host_broker::config::DEFAULT_EVENT_INTERVAL);
-    tokio::runtime::Builder::new_multi_thread()
-        .event_interval(event_interval)
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("MITM_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        rt.worker_threads(n);
+    }
+    rt.event_interval(event_interval)
         .enable_all()
         .build()
         .unwrap()
@@ -272,6 +279,25 @@ fn role_broker() {
             vec![ca],
         )
         .await;
+        // MITM_VM_THREADS=0: the VM on the broker's runtime (`VmPlacement::Shared`) instead of
+        // a thread of its own (the default), to compare in one sitting.
+        if std::env::var("MITM_VM_THREADS").is_ok_and(|v| v == "0") {
+            h.broker.unregister_vm(&h.vm).await.unwrap();
+            h.broker.set_vm_placement(host_broker::VmPlacement::Shared);
+            h.broker
+                .register_vm_with_env(
+                    host_broker::VmSpec {
+                        id: h.vm.clone(),
+                        transport: host_broker::VmTransport::HybridSocket(
+                            h.dir.path().join("vm1.vsock"),
+                        ),
+                        policy: host_broker::policy::Policy::from_json_str(&policy).unwrap(),
+                    },
+                    &host_broker::secrets::MapEnv::from_pairs([("API_KEY", SECRET)]),
+                )
+                .await
+                .unwrap();
+        }
         println!("READY {} {}", h.listen.display(), h.vm_ca_path.display());
         std::future::pending::<()>().await;
     });
@@ -500,7 +526,15 @@ fn driver() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    println!("host-broker mitm bench: {}", machine_load());
+    println!(
+        "host-broker mitm bench: {}; sluice's VM {}",
+        machine_load(),
+        if std::env::var("MITM_VM_THREADS").is_ok_and(|v| v == "0") {
+            "on the broker's runtime (MITM_VM_THREADS=0)"
+        } else {
+            "on a thread of its own (default)"
+        }
+    );
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), "upstream", &["api.test", "plain.test"]);
     let rt = multi_thread();

@@ -21,6 +21,7 @@ use crate::transport::unix::{hybrid_listen_path, HybridListener};
 use crate::transport::vsock::CidListener;
 use crate::transport::{Origin, TransportError};
 use crate::upstream::{self, TrustError};
+use crate::vm_runtime::{VmPlacement, VmTask};
 
 /// Broker-wide settings.
 #[derive(Debug, Clone)]
@@ -119,6 +120,13 @@ pub enum BrokerError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Trust(#[from] TrustError),
+    /// The VM's own thread (`VmPlacement::OwnThread`) could not be started.
+    #[error("VM {vm:?}: starting its thread: {source}")]
+    VmThread {
+        vm: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("state_dir {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -138,7 +146,7 @@ struct Registered {
     entry: Arc<VmEntry>,
     /// The VM's accept loop (hybrid transport: owns the listener) or stream queue (AF_VSOCK:
     /// see `inbox`); it owns the VM's connections.
-    task: Option<JoinHandle<()>>,
+    task: Option<VmTask>,
     socket: Option<PathBuf>,
     cid: Option<u32>,
 }
@@ -165,6 +173,8 @@ struct Inner {
     vms: RwLock<HashMap<String, Registered>>,
     cids: Arc<RwLock<HashMap<u32, CidVm>>>,
     vsock_task: Mutex<Option<JoinHandle<()>>>,
+    /// Where the streams of VMs registered from now on are served.
+    placement: Mutex<VmPlacement>,
     /// Exclusive lock on `<state_dir>/broker.lock`, held until [`Broker::shutdown`] (or the
     /// process ends): a second broker on the same state dir is refused before it touches any
     /// VM socket.
@@ -237,6 +247,7 @@ impl Broker {
                 vms: RwLock::default(),
                 cids: Arc::default(),
                 vsock_task: Mutex::new(None),
+                placement: Mutex::new(VmPlacement::default()),
                 state_lock: Mutex::new(Some(state_lock)),
             }),
         })
@@ -374,7 +385,8 @@ impl Broker {
             (VmTransport::HybridSocket(_), Some((listener, path))) => {
                 tracing::info!(vm = %id, path = %path.display(), "listening for VM streams");
                 reg.socket = Some(path);
-                reg.task = Some(spawn_vm_loop(listener, entry, self.inner.shared.clone()));
+                let vm_loop = vm_loop(listener, entry, self.inner.shared.clone());
+                reg.task = Some(self.spawn_for(&id, vm_loop)?);
             }
             (VmTransport::Cid(cid), _) => {
                 let mut cids = self.inner.cids.write().unwrap_or_else(|e| e.into_inner());
@@ -385,6 +397,7 @@ impl Broker {
                     });
                 }
                 let (inbox, task) = cid_inbox(*cid, entry, self.inner.shared.clone());
+                let task = self.spawn_for(&id, task)?;
                 cids.insert(
                     *cid,
                     CidVm {
@@ -655,6 +668,35 @@ impl Broker {
         self.inner.shared.fair.set_enabled(on);
     }
 
+    /// Where the streams of VMs registered from now on are served: each VM on a thread of
+    /// its own (the default: the OS shares the cores between VMs, so a VM keeping its thread
+    /// busy leaves the others' latency near their baseline) or all on the runtime the broker
+    /// was started on (`vm_runtime`); the daemon's `vm_threads` setting.
+    pub fn set_vm_placement(&self, placement: VmPlacement) {
+        *self
+            .inner
+            .placement
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = placement;
+    }
+
+    /// Runs the loop of VM `id` where [`Broker::set_vm_placement`] says.
+    fn spawn_for(
+        &self,
+        id: &str,
+        fut: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<VmTask, BrokerError> {
+        let placement = *self
+            .inner
+            .placement
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        VmTask::spawn(placement, id, fut).map_err(|source| BrokerError::VmThread {
+            vm: id.to_owned(),
+            source,
+        })
+    }
+
     /// The configured state directory.
     pub fn state_dir(&self) -> &Path {
         &self.inner.config.state_dir
@@ -672,8 +714,7 @@ async fn stop(reg: Registered, cids: &RwLock<HashMap<u32, CidVm>>) {
         cids.write().unwrap_or_else(|e| e.into_inner()).remove(&cid);
     }
     if let Some(task) = reg.task {
-        task.abort();
-        let _ = task.await;
+        task.stop().await;
     }
     if let Some(path) = reg.socket {
         let _ = std::fs::remove_file(path);
@@ -688,17 +729,16 @@ const SATURATED_ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_mi
 const SOCKET_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Accept loop of one hybrid-socket VM. Connections live in a JoinSet owned by the loop, so
-/// aborting the loop (unregister) also ends them. If the listener's socket file disappears
+/// stopping the loop (unregister) also ends them. If the listener's socket file disappears
 /// (someone cleaned the directory), the loop binds it again so the VMM can still connect;
 /// open streams are unaffected.
-fn spawn_vm_loop(
+fn vm_loop(
     listener: HybridListener,
     vm: Arc<VmEntry>,
     shared: Arc<Shared>,
-) -> JoinHandle<()> {
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let span = tracing::info_span!("vm", vm = %vm.id);
-    tokio::spawn(
-        async move {
+    async move {
             let mut listener = listener;
             let mut conns = JoinSet::new();
             let mut check = tokio::time::interval(SOCKET_CHECK_INTERVAL);
@@ -744,8 +784,7 @@ fn spawn_vm_loop(
                 }
             }
         }
-        .instrument(span),
-    )
+        .instrument(span)
 }
 
 /// The stream queue of an AF_VSOCK VM: its streams, routed by the shared accept loop, are
@@ -755,9 +794,12 @@ fn cid_inbox(
     cid: u32,
     vm: Arc<VmEntry>,
     shared: Arc<Shared>,
-) -> (Inbox<crate::transport::Accepted>, JoinHandle<()>) {
+) -> (
+    Inbox<crate::transport::Accepted>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let for_saturated = vm.clone();
-    Inbox::spawn(
+    Inbox::new(
         move |acc: crate::transport::Accepted| {
             let (vm, shared) = (vm.clone(), shared.clone());
             let span = tracing::info_span!("vm", vm = %vm.id, cid);

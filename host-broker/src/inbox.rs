@@ -14,7 +14,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::task::{JoinHandle, JoinSet};
+#[cfg(test)]
+use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 
 /// Streams queued per VM between the shared accept loop and the VM's task.
 pub(crate) const INBOX_CAPACITY: usize = 16;
@@ -26,21 +28,21 @@ pub(crate) struct Inbox<T> {
 }
 
 impl<T: Send + 'static> Inbox<T> {
-    /// Starts the VM's task: each stream is served by `serve` in a task the VM's task owns
-    /// (aborting the returned handle ends them all); after each one, if `saturated()`, the
-    /// task waits `pause` before taking the next.
-    pub(crate) fn spawn<S, Fut, Sat>(
+    /// The VM's queue and its task, to be run where the VM's work runs (`vm_runtime`): each
+    /// stream is served by `serve` in a task the VM's task owns (dropping the task ends them
+    /// all); after each one, if `saturated()`, the task waits `pause` before taking the next.
+    pub(crate) fn new<S, Fut, Sat>(
         serve: S,
         saturated: Sat,
         pause: Duration,
-    ) -> (Inbox<T>, JoinHandle<()>)
+    ) -> (Inbox<T>, impl Future<Output = ()> + Send + 'static)
     where
         S: Fn(T) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
         Sat: Fn() -> bool + Send + 'static,
     {
         let (tx, mut rx) = mpsc::channel(INBOX_CAPACITY);
-        let task = tokio::spawn(async move {
+        let task = async move {
             let mut conns = JoinSet::new();
             loop {
                 tokio::select! {
@@ -55,8 +57,24 @@ impl<T: Send + 'static> Inbox<T> {
                 }
             }
             // The VM is gone (its inbox dropped): its open streams end with this task.
-        });
+        };
         (Inbox { tx }, task)
+    }
+
+    /// [`Inbox::new`] with its task spawned on the current runtime.
+    #[cfg(test)]
+    pub(crate) fn spawn<S, Fut, Sat>(
+        serve: S,
+        saturated: Sat,
+        pause: Duration,
+    ) -> (Inbox<T>, JoinHandle<()>)
+    where
+        S: Fn(T) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+        Sat: Fn() -> bool + Send + 'static,
+    {
+        let (inbox, task) = Inbox::new(serve, saturated, pause);
+        (inbox, tokio::spawn(task))
     }
 
     /// Hands `item` to the VM's task without waiting; `Err(item)` if its queue is full (or

@@ -29,6 +29,7 @@ mod state;
 pub mod tls;
 pub mod transport;
 pub mod upstream;
+mod vm_runtime;
 
 // The daemon layer, on top of the core. `host_broker::{api, config, persist}` stay valid
 // paths (the binary and the daemon tests use them).
@@ -43,3 +44,4 @@ pub use control::GUEST_PROXY_PORT;
 pub use dispatch::HEADER_TIMEOUT;
 pub use metrics::VmStats;
 pub use transport::unix::SocketAccess;
+pub use vm_runtime::VmPlacement;

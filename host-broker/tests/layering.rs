@@ -23,6 +23,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("inbox", &[]),
     ("outcome", &[]),
     ("transport", &[]),
+    ("vm_runtime", &[]),
     ("upstream", &["fair"]),
     ("tls", &["fsutil"]),
     ("policy", &["outcome"]),
@@ -62,6 +63,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "tls",
             "transport",
             "upstream",
+            "vm_runtime",
         ],
     ),
     // The daemon layer may use the whole core (its modules and the root's re-exports);
@@ -89,6 +91,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "tls",
             "transport",
             "upstream",
+            "vm_runtime",
         ],
     ),
 ];

@@ -13,6 +13,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let broker = Arc::new(Broker::start(cfg.broker).await?);
     broker.set_fair_scheduling(cfg.runtime.fair_scheduling);
+    broker.set_vm_placement(cfg.runtime.placement());
     for vm in cfg.vms {
         let id = vm.id.clone();
         broker

@@ -60,12 +60,13 @@ struct RawConfig {
     event_interval: Option<u32>,
     #[serde(default)]
     fair_scheduling: bool,
+    vm_threads: Option<bool>,
     #[serde(default)]
     vms: Vec<RawVm>,
 }
 
 /// tokio's own `event_interval` (the default here too).
-pub const DEFAULT_EVENT_INTERVAL: u32 = 61;
+pub const DEFAULT_EVENT_INTERVAL: u32 = crate::vm_runtime::DEFAULT_EVENT_INTERVAL;
 
 /// How the daemon runs its tasks (docs/operations.md, "Sharing the broker between VMs").
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +78,22 @@ pub struct RuntimeConfig {
     pub event_interval: u32,
     /// Per-VM CPU fairness (`Broker::set_fair_scheduling`).
     pub fair_scheduling: bool,
+    /// Each VM's streams on a thread of its own (default) rather than on the daemon's
+    /// runtime (`Broker::set_vm_placement`); its runtime uses `event_interval` too.
+    pub vm_threads: bool,
+}
+
+impl RuntimeConfig {
+    /// Where the daemon serves VM streams.
+    pub fn placement(&self) -> crate::VmPlacement {
+        if self.vm_threads {
+            crate::VmPlacement::OwnThread {
+                event_interval: self.event_interval,
+            }
+        } else {
+            crate::VmPlacement::Shared
+        }
+    }
 }
 
 /// Where the control API listens by default.
@@ -228,6 +245,7 @@ impl ServeConfig {
             runtime: RuntimeConfig {
                 event_interval,
                 fair_scheduling: raw.fair_scheduling,
+                vm_threads: raw.vm_threads.unwrap_or(true),
             },
             vms,
         })
@@ -263,12 +281,19 @@ mod tests {
             d.runtime,
             RuntimeConfig {
                 event_interval: 61,
-                fair_scheduling: false
+                fair_scheduling: false,
+                vm_threads: true
             }
         );
         let c = parse("state_dir = \"/s\"\nevent_interval = 2\nfair_scheduling = true").unwrap();
         assert_eq!(c.runtime.event_interval, 2);
         assert!(c.runtime.fair_scheduling);
+        assert_eq!(
+            c.runtime.placement(),
+            crate::VmPlacement::OwnThread { event_interval: 2 }
+        );
+        let shared = parse("state_dir = \"/s\"\nvm_threads = false").unwrap();
+        assert_eq!(shared.runtime.placement(), crate::VmPlacement::Shared);
         let e = parse("state_dir = \"/s\"\nevent_interval = 0")
             .unwrap_err()
             .to_string();

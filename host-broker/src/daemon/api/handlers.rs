@@ -94,6 +94,8 @@ fn from_broker(e: BrokerError) -> ApiError {
         | BrokerError::StateDir { .. }
         | BrokerError::Placeholders { .. }
         | BrokerError::StateDirInUse(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        // Out of threads or memory: the host, not the request.
+        BrokerError::VmThread { .. } => StatusCode::SERVICE_UNAVAILABLE,
     };
     ApiError::new(status, e.to_string())
 }
