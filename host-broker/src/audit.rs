@@ -100,13 +100,23 @@ pub(crate) struct Untrusted<'a>(pub &'a str);
 
 impl std::fmt::Display for Untrusted<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (n, (i, c)) in self.0.char_indices().enumerate() {
+        // Runs of characters that need no escape are written as one slice (a log line's
+        // host and path nearly always are one run): one formatter call, not one per char.
+        let s = self.0;
+        let mut run = 0;
+        for (n, (i, c)) in s.char_indices().enumerate() {
             if n == LOG_TEXT_MAX {
-                return write!(f, "...(+{} bytes)", self.0.len() - i);
+                f.write_str(&s[run..i])?;
+                return write!(f, "...(+{} bytes)", s.len() - i);
             }
-            write!(f, "{}", c.escape_debug())?;
+            let escaped = c.escape_debug();
+            if escaped.len() != 1 {
+                f.write_str(&s[run..i])?;
+                write!(f, "{escaped}")?;
+                run = i + c.len_utf8();
+            }
         }
-        Ok(())
+        f.write_str(&s[run..])
     }
 }
 
@@ -191,6 +201,40 @@ mod tests {
         let shown = Untrusted(&long).to_string();
         assert!(shown.starts_with(&"é".repeat(LOG_TEXT_MAX)));
         assert!(shown.ends_with("...(+20 bytes)"), "{shown}");
+    }
+
+    /// The run-at-a-time writer shows exactly what escaping each character on its own shows,
+    /// escapes at the cut included.
+    #[test]
+    fn untrusted_matches_escaping_char_by_char() {
+        fn per_char(s: &str) -> String {
+            let mut out = String::new();
+            for (n, (i, c)) in s.char_indices().enumerate() {
+                if n == LOG_TEXT_MAX {
+                    out.push_str(&format!("...(+{} bytes)", s.len() - i));
+                    return out;
+                }
+                out.push_str(&c.escape_debug().to_string());
+            }
+            out
+        }
+        let pieces = [
+            "a", "é", "\n", "\u{1b}", "\\", "\"", "\u{301}", "\u{202e}", "/v1/x", "\t",
+        ];
+        let mut seed = 7u64;
+        for len in [0usize, 1, 2, 3, 17, 255, 256, 257, 300, 600] {
+            for _ in 0..20 {
+                let s: String = (0..len)
+                    .map(|_| {
+                        seed = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        pieces[(seed >> 33) as usize % pieces.len()]
+                    })
+                    .collect();
+                assert_eq!(Untrusted(&s).to_string(), per_char(&s), "{s:?}");
+            }
+        }
     }
 
     #[test]
