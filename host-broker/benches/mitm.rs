@@ -272,32 +272,21 @@ fn role_broker() {
                 "credentials": {{"API_KEY": {{"source": {{"env": "API_KEY"}}, "hosts": ["api.test"]}}}},
                 "resolve": {{"api.test": "{upstream}", "plain.test": "{upstream}"}}}}"#
         );
-        let h = common::harness_in(
+        // MITM_VM_THREADS=0: the VM on the broker's runtime (`VmPlacement::Shared`) instead of
+        // a thread of its own (the default), to compare in one sitting.
+        let placement = if std::env::var("MITM_VM_THREADS").is_ok_and(|v| v == "0") {
+            host_broker::VmPlacement::Shared
+        } else {
+            host_broker::VmPlacement::default()
+        };
+        let h = common::harness_placed(
             tempfile::tempdir().unwrap(),
             &policy,
             &[("API_KEY", SECRET)],
             vec![ca],
+            placement,
         )
         .await;
-        // MITM_VM_THREADS=0: the VM on the broker's runtime (`VmPlacement::Shared`) instead of
-        // a thread of its own (the default), to compare in one sitting.
-        if std::env::var("MITM_VM_THREADS").is_ok_and(|v| v == "0") {
-            h.broker.unregister_vm(&h.vm).await.unwrap();
-            h.broker.set_vm_placement(host_broker::VmPlacement::Shared);
-            h.broker
-                .register_vm_with_env(
-                    host_broker::VmSpec {
-                        id: h.vm.clone(),
-                        transport: host_broker::VmTransport::HybridSocket(
-                            h.dir.path().join("vm1.vsock"),
-                        ),
-                        policy: host_broker::policy::Policy::from_json_str(&policy).unwrap(),
-                    },
-                    &host_broker::secrets::MapEnv::from_pairs([("API_KEY", SECRET)]),
-                )
-                .await
-                .unwrap();
-        }
         println!("READY {} {}", h.listen.display(), h.vm_ca_path.display());
         std::future::pending::<()>().await;
     });

@@ -21,7 +21,7 @@ use crate::transport::unix::{hybrid_listen_path, HybridListener};
 use crate::transport::vsock::CidListener;
 use crate::transport::{Origin, TransportError};
 use crate::upstream::{self, TrustError};
-use crate::vm_runtime::{VmPlacement, VmTask};
+use crate::vm_runtime::{VmPlacement, VmSlot, VmTask};
 
 /// Broker-wide settings.
 #[derive(Debug, Clone)]
@@ -353,6 +353,9 @@ impl Broker {
                 None
             }
         };
+        // The VM's thread is started before its CA: it is the one step below that can fail
+        // for want of host resources.
+        let slot = self.reserve_slot(&id)?;
         if let Some(from) = ca_from {
             self.copy_ca(&id, from, &vm_dir)?;
         }
@@ -386,7 +389,7 @@ impl Broker {
                 tracing::info!(vm = %id, path = %path.display(), "listening for VM streams");
                 reg.socket = Some(path);
                 let vm_loop = vm_loop(listener, entry, self.inner.shared.clone());
-                reg.task = Some(self.spawn_for(&id, vm_loop)?);
+                reg.task = Some(slot.run(vm_loop));
             }
             (VmTransport::Cid(cid), _) => {
                 let mut cids = self.inner.cids.write().unwrap_or_else(|e| e.into_inner());
@@ -397,7 +400,7 @@ impl Broker {
                     });
                 }
                 let (inbox, task) = cid_inbox(*cid, entry, self.inner.shared.clone());
-                let task = self.spawn_for(&id, task)?;
+                let task = slot.run(task);
                 cids.insert(
                     *cid,
                     CidVm {
@@ -680,18 +683,14 @@ impl Broker {
             .unwrap_or_else(|e| e.into_inner()) = placement;
     }
 
-    /// Runs the loop of VM `id` where [`Broker::set_vm_placement`] says.
-    fn spawn_for(
-        &self,
-        id: &str,
-        fut: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<VmTask, BrokerError> {
+    /// The place VM `id`'s loop will run, as [`Broker::set_vm_placement`] says.
+    fn reserve_slot(&self, id: &str) -> Result<VmSlot, BrokerError> {
         let placement = *self
             .inner
             .placement
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        VmTask::spawn(placement, id, fut).map_err(|source| BrokerError::VmThread {
+        VmSlot::reserve(placement, id).map_err(|source| BrokerError::VmThread {
             vm: id.to_owned(),
             source,
         })
@@ -871,4 +870,44 @@ fn checked_credentials(
         vm: id.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm_runtime::test_hooks::FAIL_NEXT_RESERVE;
+
+    /// A VM whose thread cannot be started is refused with a reason and leaves no CA and no
+    /// listener socket behind, so registering it again (after the host recovers) works.
+    #[tokio::test]
+    async fn a_failed_thread_start_leaves_no_ca_and_no_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start(BrokerConfig {
+            state_dir: dir.path().join("state"),
+            vsock_port: shared_proto::DEFAULT_VSOCK_PORT,
+            upstream_extra_roots: vec![],
+            listener_access: Default::default(),
+        })
+        .await
+        .unwrap();
+        let sock = dir.path().join("vm1.vsock");
+        let spec = || VmSpec {
+            id: "vm1".into(),
+            transport: VmTransport::HybridSocket(sock.clone()),
+            policy: Policy::from_json_str(r#"{"egress": {"default": "deny"}}"#).unwrap(),
+        };
+        FAIL_NEXT_RESERVE.with(|f| f.set(true));
+        let err = broker.register_vm(spec()).await.unwrap_err();
+        assert!(matches!(err, BrokerError::VmThread { .. }), "{err}");
+        assert!(err.to_string().contains("starting its thread"), "{err}");
+        assert!(
+            !broker.has_persisted_ca("vm1"),
+            "a failed add left a CA behind"
+        );
+        let listen = hybrid_listen_path(&sock, shared_proto::DEFAULT_VSOCK_PORT);
+        assert!(!listen.exists(), "a failed add left {listen:?} behind");
+        assert!(broker.list_vms().is_empty());
+        broker.register_vm(spec()).await.unwrap();
+        assert!(broker.has_persisted_ca("vm1"));
+    }
 }

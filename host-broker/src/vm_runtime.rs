@@ -45,6 +45,92 @@ impl Default for VmPlacement {
 /// in `spawn_blocking`) before it leaves it behind.
 const BLOCKING_SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 
+/// The place a VM's loop will run, made before anything else of the VM exists: starting a
+/// thread is the one registration step that can fail for want of threads or descriptors,
+/// and failing after the VM's CA was minted would leave that CA behind.
+pub(crate) enum VmSlot {
+    Shared,
+    Thread {
+        start: oneshot::Sender<VmLoop>,
+        stop: oneshot::Sender<()>,
+        done: oneshot::Receiver<()>,
+    },
+}
+
+/// A VM's accept loop (or stream queue), sent to the thread made for it.
+pub(crate) type VmLoop = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+impl VmSlot {
+    /// Makes the place `placement` says for VM `vm` (which names the thread). A thread made
+    /// here waits for its loop; dropping the slot unused ends it.
+    pub(crate) fn reserve(placement: VmPlacement, vm: &str) -> Result<VmSlot, std::io::Error> {
+        #[cfg(test)]
+        if test_hooks::FAIL_NEXT_RESERVE.with(|f| f.replace(false)) {
+            return Err(std::io::Error::other("thread start failed (test hook)"));
+        }
+        let event_interval = match placement {
+            VmPlacement::Shared => return Ok(VmSlot::Shared),
+            VmPlacement::OwnThread { event_interval } => event_interval,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .event_interval(event_interval)
+            .enable_all()
+            .build()?;
+        // The thread logs where the registering code logs (a test's or an embedder's
+        // scoped subscriber included).
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        let (start_tx, start_rx) = oneshot::channel::<VmLoop>();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        // Thread names are cut at 15 bytes by the kernel.
+        let name: String = format!("vm-{vm}").chars().take(15).collect();
+        std::thread::Builder::new().name(name).spawn(move || {
+            let _log = tracing::dispatcher::set_default(&dispatch);
+            rt.block_on(async move {
+                // Err: the slot was dropped unused (the registration failed later on).
+                let Ok(vm_loop) = start_rx.await else { return };
+                tokio::select! {
+                    _ = vm_loop => {}
+                    _ = stop_rx => {}
+                }
+            });
+            rt.shutdown_timeout(BLOCKING_SHUTDOWN_WAIT);
+            let _ = done_tx.send(());
+        })?;
+        Ok(VmSlot::Thread {
+            start: start_tx,
+            stop: stop_tx,
+            done: done_rx,
+        })
+    }
+
+    /// Runs `fut` (the VM's loop) in this slot.
+    pub(crate) fn run<F>(self, fut: F) -> VmTask
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match self {
+            VmSlot::Shared => VmTask::Shared(tokio::spawn(fut)),
+            VmSlot::Thread { start, stop, done } => {
+                // An Err means the thread is gone (it panicked): `stop` then finds it ended.
+                let _ = start.send(Box::pin(fut));
+                VmTask::Thread { stop, done }
+            }
+        }
+    }
+}
+
+/// Failure injection for the registration tests (a real thread start fails only when the
+/// host is out of threads or descriptors).
+#[cfg(test)]
+pub(crate) mod test_hooks {
+    thread_local! {
+        /// Set: the next [`super::VmSlot::reserve`] on this thread fails.
+        pub(crate) static FAIL_NEXT_RESERVE: std::cell::Cell<bool> =
+            const { std::cell::Cell::new(false) };
+    }
+}
+
 /// The running accept loop (or stream queue) of one VM, wherever it runs.
 #[derive(Debug)]
 pub(crate) enum VmTask {
@@ -56,47 +142,6 @@ pub(crate) enum VmTask {
 }
 
 impl VmTask {
-    /// Runs `fut` (the VM's loop) as `placement` says; `vm` names the thread.
-    pub(crate) fn spawn<F>(
-        placement: VmPlacement,
-        vm: &str,
-        fut: F,
-    ) -> Result<VmTask, std::io::Error>
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let event_interval = match placement {
-            VmPlacement::Shared => return Ok(VmTask::Shared(tokio::spawn(fut))),
-            VmPlacement::OwnThread { event_interval } => event_interval,
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .event_interval(event_interval)
-            .enable_all()
-            .build()?;
-        // The thread logs where the registering code logs (a test's or an embedder's
-        // scoped subscriber included).
-        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let (done_tx, done_rx) = oneshot::channel();
-        // Thread names are cut at 15 bytes by the kernel.
-        let name: String = format!("vm-{vm}").chars().take(15).collect();
-        std::thread::Builder::new().name(name).spawn(move || {
-            let _log = tracing::dispatcher::set_default(&dispatch);
-            rt.block_on(async move {
-                tokio::select! {
-                    _ = fut => {}
-                    _ = stop_rx => {}
-                }
-            });
-            rt.shutdown_timeout(BLOCKING_SHUTDOWN_WAIT);
-            let _ = done_tx.send(());
-        })?;
-        Ok(VmTask::Thread {
-            stop: stop_tx,
-            done: done_rx,
-        })
-    }
-
     /// Stops the loop and waits until it (and, on a thread, every task of the VM) has ended.
     pub(crate) async fn stop(self) {
         match self {
@@ -135,15 +180,16 @@ mod tests {
         let (ran_tx, ran_rx) = oneshot::channel();
         let dropped = Arc::new(AtomicBool::new(false));
         let flag = Flag(dropped.clone());
-        let task = VmTask::spawn(VmPlacement::default(), "test-vm", async move {
-            tokio::spawn(async move {
-                let _flag = flag;
+        let task = VmSlot::reserve(VmPlacement::default(), "test-vm")
+            .unwrap()
+            .run(async move {
+                tokio::spawn(async move {
+                    let _flag = flag;
+                    std::future::pending::<()>().await;
+                });
+                let _ = ran_tx.send(std::thread::current().id());
                 std::future::pending::<()>().await;
             });
-            let _ = ran_tx.send(std::thread::current().id());
-            std::future::pending::<()>().await;
-        })
-        .unwrap();
         let ran_on = ran_rx.await.unwrap();
         assert_ne!(ran_on, caller, "the loop ran on the caller's thread");
         assert!(!dropped.load(Ordering::SeqCst));
@@ -159,11 +205,12 @@ mod tests {
     async fn shared_placement_stays_on_the_callers_runtime() {
         let caller = std::thread::current().id();
         let (tx, rx) = oneshot::channel();
-        let task = VmTask::spawn(VmPlacement::Shared, "test-vm", async move {
-            let _ = tx.send(std::thread::current().id());
-            std::future::pending::<()>().await;
-        })
-        .unwrap();
+        let task = VmSlot::reserve(VmPlacement::Shared, "test-vm")
+            .unwrap()
+            .run(async move {
+                let _ = tx.send(std::thread::current().id());
+                std::future::pending::<()>().await;
+            });
         assert_eq!(rx.await.unwrap(), caller);
         task.stop().await;
     }

@@ -65,12 +65,18 @@ async fn register(h: &Harness, id: &str, up: std::net::SocketAddr) -> std::path:
     h.broker.listen_path(id).unwrap()
 }
 
-#[tokio::test]
-async fn each_vm_is_served_on_a_thread_of_its_own_that_ends_with_it() {
+/// A broker with VM `vm1` (default placement) and the TLS upstream for `api.test`.
+async fn vm1_and_upstream() -> (Harness, Upstream) {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), "threads", &["api.test"]);
     let up = spawn_upstream(Some(pki.server.clone())).await;
     let h = harness_with_key(dir, &policy(up.addr), SECRET, &pki).await;
+    (h, up)
+}
+
+#[tokio::test]
+async fn each_vm_is_served_on_a_thread_of_its_own_that_ends_with_it() {
+    let (h, up) = vm1_and_upstream().await;
     assert!(
         wait_thread("vm-vm1", true).await,
         "threads: {:?}",
@@ -110,10 +116,7 @@ async fn each_vm_is_served_on_a_thread_of_its_own_that_ends_with_it() {
 
 #[tokio::test]
 async fn registering_and_unregistering_leaves_no_thread_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path(), "threads", &["api.test"]);
-    let up = spawn_upstream(Some(pki.server.clone())).await;
-    let h = harness_with_key(dir, &policy(up.addr), SECRET, &pki).await;
+    let (h, up) = vm1_and_upstream().await;
     for _ in 0..20 {
         let listen = register(&h, "cycle", up.addr).await;
         // A stream open at unregistration ends with the VM's thread.
@@ -130,10 +133,7 @@ async fn registering_and_unregistering_leaves_no_thread_behind() {
 
 #[tokio::test]
 async fn shared_placement_starts_no_thread() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path(), "threads", &["api.test"]);
-    let up = spawn_upstream(Some(pki.server.clone())).await;
-    let h = harness_with_key(dir, &policy(up.addr), SECRET, &pki).await;
+    let (h, up) = vm1_and_upstream().await;
     h.broker.set_vm_placement(VmPlacement::Shared);
     let listen = register(&h, "onrt", up.addr).await;
     let proxy = spawn_bridge(listen).await;

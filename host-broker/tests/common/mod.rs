@@ -266,7 +266,26 @@ pub async fn harness_in(
     env: &[(&str, &str)],
     extra_roots: Vec<PathBuf>,
 ) -> Harness {
+    harness_placed(
+        dir,
+        policy_json,
+        env,
+        extra_roots,
+        host_broker::VmPlacement::default(),
+    )
+    .await
+}
+
+/// [`harness_in`] with the VM's streams served where `placement` says.
+pub async fn harness_placed(
+    dir: tempfile::TempDir,
+    policy_json: &str,
+    env: &[(&str, &str)],
+    extra_roots: Vec<PathBuf>,
+    placement: host_broker::VmPlacement,
+) -> Harness {
     let broker = start_broker(dir.path(), extra_roots).await;
+    broker.set_vm_placement(placement);
     let vm = "vm1".to_owned();
     let sock = dir.path().join("vm1.vsock");
     let policy = Policy::from_json_str(policy_json).unwrap();
