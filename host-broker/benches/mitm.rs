@@ -4,6 +4,8 @@
 //!
 //! * direct: client -> loopback TLS upstream;
 //! * relay: a tiny tokio CONNECT relay (no TLS interception; the client holds the real key);
+//! * two relays: a TCP forwarder (current-thread, as the agent runs) in front of that relay:
+//!   the floor for any design with Sluice's two hops, before any TLS or HTTP work;
 //! * hudsucker: a MITM on the hudsucker crate swapping the placeholder in `Authorization`;
 //! * sluice: client -> the guest agent's proxy code (`guest_agent::proxy`, its own process,
 //!   current-thread runtime as in the VM) -> Unix socket -> a broker process (policy, leaf,
@@ -12,11 +14,16 @@
 //!
 //! The upstream answers `401` unless it receives the real value, and every response is
 //! asserted `200`: every MITM request carried the placeholder and arrived substituted.
-//! Figures are printed, never asserted. Env: `MITM_SECS` (seconds per timed row, default 2),
-//! `MITM_TUNNELS` (idle tunnels held for the RSS row, default 1000), `MITM_ROWS` (a comma list
-//! of `keepalive`, `newconn`, `bulk`, `rss`: run only those, e.g. to profile one row; default
-//! all), `MITM_VM_THREADS=0` (the broker serves the VM on its own runtime instead of a VM
-//! thread).
+//! Figures are printed, never asserted. Env:
+//! - `MITM_SECS`: seconds per timed row (default 2);
+//! - `MITM_TUNNELS`: idle tunnels held for the RSS row (default 1000);
+//! - `MITM_ROWS`: a comma list of `keepalive`, `newconn`, `bulk`, `rss` to run only those,
+//!   e.g. to profile one row (default all);
+//! - `MITM_BULK_MIB`, `MITM_BULK_REPS`: size of each bulk download (default 100) and
+//!   downloads per path and host, taking turns, median printed (default 3);
+//! - `MITM_VM_THREADS=0`: the broker serves the VM on its own runtime, not a VM thread;
+//! - `MITM_INTERCEPT=auto`: the VM's policy relays TLS to `plain.test` (no credentials)
+//!   instead of intercepting it.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -44,13 +51,21 @@ const PLACEHOLDER: &str = "mock-API_KEY";
 /// The host the credential belongs to; `plain.test` has none (no `Authorization` sent).
 const CREDENTIAL_HOST: &str = "api.test";
 const CONCURRENCY: usize = 16;
-const BULK_BYTES: usize = 100 << 20;
+/// MiB per bulk download: `MITM_BULK_MIB` (default 100; larger gives a profiler time).
+fn bulk_bytes() -> usize {
+    std::env::var("MITM_BULK_MIB")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(100)
+        << 20
+}
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 fn main() {
     match std::env::var("MITM_BENCH_ROLE").as_deref() {
         Ok("relay") => role_relay(),
+        Ok("forward") => role_forward(),
         Ok("hudsucker") => role_hudsucker(),
         Ok("broker") => role_broker(),
         Ok("agent") => role_agent(),
@@ -106,6 +121,31 @@ fn role_relay() {
             });
         }
     });
+}
+
+/// A TCP forwarder in front of the relay, on a current-thread runtime as the guest agent's
+/// proxy runs: the "two relays" path is the floor for any design with Sluice's two hops
+/// (agent, broker) and no TLS interception at all.
+fn role_forward() {
+    let next: SocketAddr = env("MITM_FORWARD_TO").parse().unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            println!("READY {}", l.local_addr().unwrap());
+            while let Ok((mut c, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let _ = c.set_nodelay(true);
+                    let Ok(mut n) = TcpStream::connect(next).await else {
+                        return;
+                    };
+                    let _ = n.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut n).await;
+                });
+            }
+        });
 }
 
 /// hudsucker's CA hook: one pre-minted leaf for the bench hosts.
@@ -266,9 +306,11 @@ fn role_broker() {
         .build()
         .unwrap()
         .block_on(async move {
+        // MITM_INTERCEPT=auto: TLS to a host without credentials is relayed, not intercepted.
+        let intercept = std::env::var("MITM_INTERCEPT").unwrap_or_else(|_| "always".into());
         let policy = format!(
             r#"{{"egress": {{"default": "deny", "allow": [{{"hosts": ["api.test", "plain.test"]}}, {{"cidrs": ["127.0.0.1/32"]}}]}},
-                "max_connections": 4096,
+                "max_connections": 4096, "intercept": "{intercept}",
                 "credentials": {{"API_KEY": {{"source": {{"env": "API_KEY"}}, "hosts": ["api.test"]}}}},
                 "resolve": {{"api.test": "{upstream}", "plain.test": "{upstream}"}}}}"#
         );
@@ -454,14 +496,29 @@ async fn new_conns(p: &Arc<Path>, up: SocketAddr, secs: Duration) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-/// One `BULK_BYTES` download from `host`: MiB/s.
+/// Downloads per path and host (`MITM_BULK_REPS`, default 3); the median is printed.
+fn bulk_reps() -> usize {
+    std::env::var("MITM_BULK_REPS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(3)
+        .max(1)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One [`bulk_bytes`] download from `host`: MiB/s.
 async fn bulk(p: &Path, up: SocketAddr, host: &str) -> f64 {
+    let bytes = bulk_bytes();
     let mut c = p.client(up, host).await;
     let start = Instant::now();
-    let uri = format!("/bulk/{BULK_BYTES}");
+    let uri = format!("/bulk/{bytes}");
     let n = fetch(&mut c, p.request(&uri, host), p.name).await;
-    assert_eq!(n, BULK_BYTES, "{}: bulk body length", p.name);
-    BULK_BYTES as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
+    assert_eq!(n, bytes, "{}: bulk body length", p.name);
+    bytes as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Holds `n` idle tunnels (CONNECT + finished TLS handshake, no request): KiB of proxy RSS
@@ -516,13 +573,14 @@ fn driver() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
     println!(
-        "host-broker mitm bench: {}; sluice's VM {}",
+        "host-broker mitm bench: {}; sluice's VM {}, intercept {}",
         machine_load(),
         if std::env::var("MITM_VM_THREADS").is_ok_and(|v| v == "0") {
             "on the broker's runtime (MITM_VM_THREADS=0)"
         } else {
             "on a thread of its own (default)"
-        }
+        },
+        std::env::var("MITM_INTERCEPT").unwrap_or_else(|_| "always".into())
     );
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), "upstream", &["api.test", "plain.test"]);
@@ -538,6 +596,9 @@ fn driver() {
         ("MITM_DIR", dir.path().display().to_string()),
     ];
     let relay = ChildRole::spawn("relay", &base_env);
+    let mut forward_env = base_env.clone();
+    forward_env.push(("MITM_FORWARD_TO", relay.ready[0].clone()));
+    let forward = ChildRole::spawn("forward", &forward_env);
     let hud = ChildRole::spawn("hudsucker", &base_env);
     let broker = ChildRole::spawn("broker", &base_env);
     let mut agent_env = base_env.clone();
@@ -566,6 +627,13 @@ fn driver() {
             pids: vec![relay.pid()],
         },
         Path {
+            name: "two relays",
+            proxy: Some(forward.ready[0].parse().unwrap()),
+            ca_pem: pki.ca_pem.clone(),
+            auth: real.clone(),
+            pids: vec![forward.pid(), relay.pid()],
+        },
+        Path {
             name: "hudsucker MITM",
             proxy: Some(hud.ready[0].parse().unwrap()),
             ca_pem: read(&hud.ready[1]),
@@ -575,7 +643,12 @@ fn driver() {
         Path {
             name: "sluice",
             proxy: Some(agent.ready[0].parse().unwrap()),
-            ca_pem: read(&broker.ready[1]),
+            // Under MITM_INTERCEPT=auto the client sees plain.test's own certificate.
+            ca_pem: if std::env::var("MITM_INTERCEPT").is_ok_and(|v| v == "auto") {
+                format!("{}{}", read(&broker.ready[1]), pki.ca_pem)
+            } else {
+                read(&broker.ready[1])
+            },
             auth: fake.clone(),
             pids: vec![broker.pid(), agent.pid()],
         },
@@ -647,22 +720,27 @@ fn driver() {
             ));
         }
         if want("bulk") {
+            let mib = bulk_bytes() >> 20;
             for (label, host) in [
                 (
-                    "100 MiB download, MiB/s (credential host: scrub on)",
+                    format!("{mib} MiB download, MiB/s (credential host: scrub on), median"),
                     "api.test",
                 ),
                 (
-                    "100 MiB download, MiB/s (host without credentials)",
+                    format!("{mib} MiB download, MiB/s (host without credentials), median"),
                     "plain.test",
                 ),
             ] {
-                let mut b = Vec::new();
-                for p in &paths {
-                    b.push(bulk(p, up, host).await);
+                // Paths take turns, rep by rep, so a change in machine load reaches all.
+                let mut runs = vec![Vec::new(); paths.len()];
+                for _ in 0..bulk_reps() {
+                    for (p, r) in paths.iter().zip(runs.iter_mut()) {
+                        r.push(bulk(p, up, host).await);
+                    }
                 }
+                let b: Vec<f64> = runs.into_iter().map(median).collect();
                 rows.push((
-                    label.into(),
+                    label,
                     b.iter()
                         .map(|r| format!("{r:.0} {}", ratio(*r, b[0])))
                         .collect(),
