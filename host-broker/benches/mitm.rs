@@ -22,6 +22,8 @@
 //! - `MITM_BULK_MIB`, `MITM_BULK_REPS`: size of each bulk download (default 100) and
 //!   downloads per path and host, taking turns, median printed (default 3);
 //! - `MITM_VM_THREADS=0`: the broker serves the VM on its own runtime, not a VM thread;
+//! - `MITM_LOG`: the broker's log filter (default `info`, audit lines on; `warn` shows what
+//!   they cost);
 //! - `MITM_INTERCEPT=auto`: the VM's policy relays TLS to `plain.test` (no credentials)
 //!   instead of intercepting it.
 
@@ -284,7 +286,9 @@ fn role_broker() {
         .lossy(false)
         .finish(std::io::stderr());
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("MITM_LOG").unwrap_or_else(|_| "info".into()),
+        ))
         .with_ansi(false)
         .with_writer(writer)
         .init();
