@@ -64,6 +64,16 @@ fn bulk_bytes() -> usize {
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
+/// The VM policy's `intercept` mode: `MITM_INTERCEPT` (default `always`).
+fn intercept_mode() -> String {
+    std::env::var("MITM_INTERCEPT").unwrap_or_else(|_| "always".into())
+}
+
+/// `MITM_VM_THREADS=0`: the VM on the broker's runtime instead of a thread of its own.
+fn shared_runtime() -> bool {
+    std::env::var("MITM_VM_THREADS").is_ok_and(|v| v == "0")
+}
+
 fn main() {
     match std::env::var("MITM_BENCH_ROLE").as_deref() {
         Ok("relay") => role_relay(),
@@ -311,7 +321,7 @@ fn role_broker() {
         .unwrap()
         .block_on(async move {
         // MITM_INTERCEPT=auto: TLS to a host without credentials is relayed, not intercepted.
-        let intercept = std::env::var("MITM_INTERCEPT").unwrap_or_else(|_| "always".into());
+        let intercept = intercept_mode();
         let policy = format!(
             r#"{{"egress": {{"default": "deny", "allow": [{{"hosts": ["api.test", "plain.test"]}}, {{"cidrs": ["127.0.0.1/32"]}}]}},
                 "max_connections": 4096, "intercept": "{intercept}",
@@ -320,7 +330,7 @@ fn role_broker() {
         );
         // MITM_VM_THREADS=0: the VM on the broker's runtime (`VmPlacement::Shared`) instead of
         // a thread of its own (the default), to compare in one sitting.
-        let placement = if std::env::var("MITM_VM_THREADS").is_ok_and(|v| v == "0") {
+        let placement = if shared_runtime() {
             host_broker::VmPlacement::Shared
         } else {
             host_broker::VmPlacement::default()
@@ -579,12 +589,12 @@ fn driver() {
     println!(
         "host-broker mitm bench: {}; sluice's VM {}, intercept {}",
         machine_load(),
-        if std::env::var("MITM_VM_THREADS").is_ok_and(|v| v == "0") {
+        if shared_runtime() {
             "on the broker's runtime (MITM_VM_THREADS=0)"
         } else {
             "on a thread of its own (default)"
         },
-        std::env::var("MITM_INTERCEPT").unwrap_or_else(|_| "always".into())
+        intercept_mode()
     );
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), "upstream", &["api.test", "plain.test"]);
@@ -648,7 +658,7 @@ fn driver() {
             name: "sluice",
             proxy: Some(agent.ready[0].parse().unwrap()),
             // Under MITM_INTERCEPT=auto the client sees plain.test's own certificate.
-            ca_pem: if std::env::var("MITM_INTERCEPT").is_ok_and(|v| v == "auto") {
+            ca_pem: if intercept_mode() == "auto" {
                 format!("{}{}", read(&broker.ready[1]), pki.ca_pem)
             } else {
                 read(&broker.ready[1])
